@@ -1,0 +1,1 @@
+"""Payment-provider webhooks to Sotion memberships."""

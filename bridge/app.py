@@ -1,0 +1,50 @@
+"""The Flask application factory (gunicorn serves ``bridge.app:create_app()``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from flask import Flask, current_app
+from rq import Queue
+
+from bridge import logs
+from bridge.intake import Intake
+from bridge.queues import bridge_queue, connect
+from bridge.settings import Settings, retry_policy
+
+
+@dataclass
+class Bridge:
+    """The per-app objects of the web side (``app.extensions["bridge"]``)."""
+
+    settings: Settings
+    redis: redis.Redis
+    queue: Queue
+    intake: Intake
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app; nothing is read or connected at import time."""
+    settings = settings if settings is not None else Settings.from_env()
+    logs.configure(settings.log_level)
+    app = Flask("bridge")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    connection = connect(settings)
+    queue = bridge_queue(connection)
+    app.extensions["bridge"] = Bridge(
+        settings=settings,
+        redis=connection,
+        queue=queue,
+        intake=Intake(queue, retry_policy(settings)),
+    )
+    from bridge.web import bp
+
+    app.register_blueprint(bp)
+    return app
+
+
+def current_bridge() -> Bridge:
+    """The Bridge of the app handling the current request."""
+    bridge: Bridge = current_app.extensions["bridge"]
+    return bridge

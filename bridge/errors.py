@@ -1,0 +1,42 @@
+"""Errors of the web side; one handler in :mod:`bridge.web` maps them to JSON responses."""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base of the errors a webhook request can end in; carries the HTTP status."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SignatureError(BridgeError):
+    """The signature (or token) is missing, malformed, stale or wrong."""
+
+    status = 400
+    code = "invalid_signature"
+
+
+class PayloadError(BridgeError):
+    """The body is signed correctly but is not a payload we can read."""
+
+    status = 400
+    code = "invalid_payload"
+
+
+class ProviderDisabledError(BridgeError):
+    """The provider has no secret configured: its endpoint does not exist."""
+
+    status = 404
+    code = "not_found"
+
+
+class QueueUnavailableError(BridgeError):
+    """Redis could not store the event; the provider should retry."""
+
+    status = 503
+    code = "queue_unavailable"

@@ -1,0 +1,116 @@
+"""The normalized MembershipEvent: the seam between the web side and the workers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class EntitlementState(StrEnum):
+    """What an event says about one entitlement (a subscription or a one-time order)."""
+
+    PENDING = "pending"  # started but not paid yet: no access
+    ACTIVE = "active"  # paid and current: grants access
+    PAST_DUE = "past_due"  # renewal failed, provider retrying: access per grace policy
+    ENDED = "ended"  # cancelled, expired, refunded: no access
+    DISPUTED = "disputed"  # charged back: the dispute action applies
+
+    @property
+    def precedence(self) -> int:
+        """Tie-breaker for events with equal timestamps: the later stage of a lifecycle wins."""
+        return _PRECEDENCE[self]
+
+
+_PRECEDENCE = {
+    EntitlementState.PENDING: 0,
+    EntitlementState.ACTIVE: 1,
+    EntitlementState.PAST_DUE: 2,
+    EntitlementState.ENDED: 3,
+    EntitlementState.DISPUTED: 4,
+}
+
+
+@dataclass(frozen=True)
+class MembershipEvent:
+    """One provider event, normalized.
+
+    ``state`` None means the event changes no entitlement but teaches the ledger
+    something (e.g. which email a customer id belongs to). ``entitlement`` None means
+    the entitlement must be resolved from ``refs`` (e.g. a dispute names only a charge).
+    """
+
+    provider: str
+    event_id: str
+    event_type: str
+    occurred_at: float
+    email: str | None = None
+    customer: str | None = None
+    entitlement: str | None = None
+    state: EntitlementState | None = None
+    products: tuple[str, ...] = ()
+    refs: Mapping[str, str] = field(default_factory=dict)
+    display_name: str | None = None
+    test_mode: bool = False
+    clears_dispute: bool = False  # a dispute was decided in the seller's favour
+
+    def __post_init__(self) -> None:
+        if self.email is not None:
+            object.__setattr__(self, "email", normalize_email(self.email))
+
+    @property
+    def dedupe_key(self) -> str:
+        """Stable key of this event for duplicate detection."""
+        return f"{self.provider}:{self.event_id}"
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serializable dict (RQ's JSON serializer carries it to the worker)."""
+        return {
+            "provider": self.provider,
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "occurred_at": self.occurred_at,
+            "email": self.email,
+            "customer": self.customer,
+            "entitlement": self.entitlement,
+            "state": self.state.value if self.state is not None else None,
+            "products": list(self.products),
+            "refs": dict(self.refs),
+            "display_name": self.display_name,
+            "test_mode": self.test_mode,
+            "clears_dispute": self.clears_dispute,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MembershipEvent:
+        """Rebuild an event from :meth:`to_json` output."""
+        state = data.get("state")
+        return cls(
+            provider=str(data["provider"]),
+            event_id=str(data["event_id"]),
+            event_type=str(data["event_type"]),
+            occurred_at=float(data["occurred_at"]),
+            email=data.get("email"),
+            customer=data.get("customer"),
+            entitlement=data.get("entitlement"),
+            state=EntitlementState(state) if state is not None else None,
+            products=tuple(data.get("products") or ()),
+            refs=dict(data.get("refs") or {}),
+            display_name=data.get("display_name"),
+            test_mode=bool(data.get("test_mode", False)),
+            clears_dispute=bool(data.get("clears_dispute", False)),
+        )
+
+
+def normalize_email(email: str) -> str:
+    """Emails are compared trimmed and lowercased, as Sotion stores them."""
+    return email.strip().lower()
+
+
+def mask_email(email: str | None) -> str:
+    """``a***@example.com``: enough to correlate log lines, not enough to identify."""
+    if not email:
+        return "-"
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}***@{domain}" if domain else "***"

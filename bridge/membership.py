@@ -1,0 +1,143 @@
+"""From a ledger to the Sotion member it should produce, and the smallest change to get there.
+
+Pure: no Redis, no HTTP. The worker loads the ledger and the member, calls
+:func:`desired_member` and :func:`plan_changes`, and carries out the plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from bridge.events import EntitlementState
+from bridge.ledger import Entitlement
+
+
+class RevokeAction(StrEnum):
+    """What ending the last entitlement does."""
+
+    UNPAID = "unpaid"  # paid=false (the default)
+    BLOCK = "block"  # paid=false and status=blocked
+
+
+class DisputeAction(StrEnum):
+    """What a dispute or chargeback does."""
+
+    BLOCK = "block"  # status=blocked (the default)
+    REVOKE = "revoke"  # treated like the entitlement ending
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The operator's choices (DESIGN §4)."""
+
+    revoke_action: RevokeAction = RevokeAction.UNPAID
+    dispute_action: DisputeAction = DisputeAction.BLOCK
+    past_due_keeps_access: bool = True
+    unblock_manual_blocks: bool = False
+
+
+@dataclass(frozen=True)
+class DesiredMember:
+    """What the ledger says the Sotion member should look like."""
+
+    paid: bool
+    blocked: bool
+    groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class MemberSnapshot:
+    """The parts of a Sotion member the bridge compares against."""
+
+    paid: bool
+    blocked: bool
+    groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The calls that bring Sotion to the desired state (empty when nothing differs)."""
+
+    create: bool = False
+    patch: dict[str, Any] = field(default_factory=dict)
+    add_groups: frozenset[str] = frozenset()
+    remove_groups: frozenset[str] = frozenset()
+    bridge_blocked: bool = False  # after the plan: is a block in place that the bridge made?
+
+    @property
+    def empty(self) -> bool:
+        """True when Sotion already matches."""
+        return not (self.create or self.patch or self.add_groups or self.remove_groups)
+
+
+def grants_access(entitlement: Entitlement, policy: Policy) -> bool:
+    """Whether this entitlement, in its current state, gives access."""
+    if entitlement.state is EntitlementState.ACTIVE:
+        return True
+    return entitlement.state is EntitlementState.PAST_DUE and policy.past_due_keeps_access
+
+
+def desired_member(
+    entitlements: Iterable[Entitlement],
+    policy: Policy,
+    groups_for: Any = None,
+) -> DesiredMember:
+    """The member state the whole ledger calls for (never one event alone)."""
+    items = list(entitlements)
+    active = [e for e in items if grants_access(e, policy)]
+    disputed = any(e.state is EntitlementState.DISPUTED for e in items)
+    blocked = (disputed and policy.dispute_action is DisputeAction.BLOCK) or (
+        not active and bool(items) and policy.revoke_action is RevokeAction.BLOCK
+    )
+    groups: set[str] = set()
+    if groups_for is not None:
+        for entitlement in active:
+            groups.update(groups_for(entitlement))
+    return DesiredMember(paid=bool(active), blocked=blocked, groups=frozenset(groups))
+
+
+def plan_changes(
+    desired: DesiredMember,
+    member: MemberSnapshot | None,
+    *,
+    bridge_blocked: bool,
+    bridge_groups: frozenset[str] = frozenset(),
+    policy: Policy,
+) -> Plan:
+    """The smallest set of changes; never undoes what the bridge did not do.
+
+    ``bridge_blocked`` says whether the member's current block was made by the bridge;
+    ``bridge_groups`` are the groups the bridge added. A block made by hand is lifted only
+    when the policy allows it; groups added by hand are never removed.
+    """
+    if member is None:
+        if not (desired.paid or desired.blocked):
+            return Plan()  # no member and nothing to grant: do not create one
+        patch: dict[str, Any] = {"status": "blocked"} if desired.blocked else {}
+        return Plan(
+            create=True,
+            patch=patch,
+            add_groups=desired.groups,
+            bridge_blocked=desired.blocked,
+        )
+    patch = {}
+    if member.paid != desired.paid:
+        patch["paid"] = desired.paid
+    still_bridge_blocked = bridge_blocked and member.blocked
+    if desired.blocked and not member.blocked:
+        patch["status"] = "blocked"
+        still_bridge_blocked = True
+    elif (
+        not desired.blocked and member.blocked and (bridge_blocked or policy.unblock_manual_blocks)
+    ):
+        patch["status"] = "active"
+        still_bridge_blocked = False
+    return Plan(
+        patch=patch,
+        add_groups=desired.groups - member.groups,
+        remove_groups=(bridge_groups - desired.groups) & member.groups,
+        bridge_blocked=still_bridge_blocked,
+    )

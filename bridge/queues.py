@@ -1,0 +1,36 @@
+"""The RQ queue of the bridge: its name, its serializer and how jobs are enqueued."""
+
+from __future__ import annotations
+
+import redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from bridge.settings import Settings, SettingsError
+
+# The one queue both the web side and the workers use.
+QUEUE_NAME = "bridge"
+# The dotted path of the job function; web never imports workers.
+APPLY_EVENT_JOB = "workers.jobs.apply_membership_event"
+# Seconds one job may run before RQ considers it stuck.
+JOB_TIMEOUT = 180
+# Finished jobs are kept a week for inspection; failed ones a year (RQ's default).
+RESULT_TTL = 7 * 24 * 3600
+FAILURE_TTL = 365 * 24 * 3600
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A Redis client for ``settings.redis_url`` (connects lazily, fails fast)."""
+    if settings.redis_url is None:
+        raise SettingsError("REDIS_URL is required here (bridge run starts an embedded one)")
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=30,
+    )
+
+
+def bridge_queue(connection: redis.Redis) -> Queue:
+    """The bridge's queue, with the JSON serializer (never pickle)."""
+    return Queue(QUEUE_NAME, connection=connection, serializer=JSONSerializer)

@@ -1,0 +1,216 @@
+"""Settings: the one place that reads the environment.
+
+Parsing is strict: a bad value fails at start-up with a message naming the variable.
+Tests build a :class:`Settings` directly instead of touching the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bridge.retry import RetryPolicy
+
+# Where Sotion's v1 API lives (the docs also show /v1; the URL is configuration).
+DEFAULT_SOTION_API_URL = "https://api.sotion.so/api/v1"
+# The legacy API puts the key in the host name and the site id in the path.
+DEFAULT_LEGACY_URL = "https://{key}.api.sotion.app/sites/{site_id}"
+SOTION_FLAVORS = ("v1", "legacy")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the bridge, parsed and validated."""
+
+    redis_url: str | None = None
+    data_dir: Path = Path(".bridge")
+    sotion_api_key: str | None = None
+    sotion_api_url: str = DEFAULT_SOTION_API_URL
+    sotion_api_flavor: str = "v1"
+    sotion_site_id: str | None = None
+    sotion_timeout: tuple[float, float] = (3.05, 10.0)
+    stripe_webhook_secrets: tuple[str, ...] = ()
+    stripe_api_key: str | None = None
+    lemonsqueezy_webhook_secrets: tuple[str, ...] = ()
+    lemonsqueezy_api_key: str | None = None
+    gumroad_webhook_token: str | None = None
+    gumroad_seller_id: str | None = None
+    gumroad_access_token: str | None = None
+    stripe_api_base: str | None = None
+    products_file: Path | None = None
+    accept_test_events: bool = False
+    max_body_bytes: int = 1024 * 1024
+    retry_attempts: int = 10
+    retry_base_seconds: float = 5.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _check_sotion(self)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the environment (``os.environ`` unless given)."""
+        env = _Env(os.environ if environ is None else environ)
+        flavor = (env.get("SOTION_API_FLAVOR") or "v1").lower()
+        default_url = DEFAULT_LEGACY_URL if flavor == "legacy" else DEFAULT_SOTION_API_URL
+        return cls(
+            redis_url=env.url("REDIS_URL", schemes=("redis", "rediss", "unix")),
+            data_dir=Path(env.get("BRIDGE_DATA_DIR") or ".bridge"),
+            sotion_api_key=env.secret("SOTION_API_KEY"),
+            sotion_api_url=env.get("SOTION_API_URL") or default_url,
+            sotion_api_flavor=flavor,
+            sotion_site_id=env.get("SOTION_SITE_ID"),
+            sotion_timeout=env.timeout("SOTION_TIMEOUT", default=(3.05, 10.0)),
+            stripe_webhook_secrets=env.secret_list("STRIPE_WEBHOOK_SECRET"),
+            stripe_api_key=env.secret("STRIPE_API_KEY"),
+            stripe_api_base=env.url("STRIPE_API_BASE", schemes=("http", "https")),
+            lemonsqueezy_webhook_secrets=env.secret_list("LEMONSQUEEZY_WEBHOOK_SECRET"),
+            lemonsqueezy_api_key=env.secret("LEMONSQUEEZY_API_KEY"),
+            gumroad_webhook_token=env.secret("GUMROAD_WEBHOOK_TOKEN"),
+            gumroad_seller_id=env.get("GUMROAD_SELLER_ID"),
+            gumroad_access_token=env.secret("GUMROAD_ACCESS_TOKEN"),
+            products_file=env.path("BRIDGE_PRODUCTS"),
+            accept_test_events=env.boolean("BRIDGE_ACCEPT_TEST_EVENTS", default=False),
+            max_body_bytes=int(env.number("BRIDGE_MAX_BODY_BYTES", default=1024 * 1024, least=1)),
+            retry_attempts=int(env.number("BRIDGE_RETRY_ATTEMPTS", default=10, least=0)),
+            retry_base_seconds=env.number("BRIDGE_RETRY_BASE_SECONDS", default=5.0, least=0),
+            log_level=env.choice(
+                "BRIDGE_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO"
+            ),
+        )
+
+
+def _check_sotion(settings: Settings) -> None:
+    """Validate the Sotion settings together (the flavour decides what is required)."""
+    if settings.sotion_api_flavor not in SOTION_FLAVORS:
+        raise SettingsError(
+            f"SOTION_API_FLAVOR must be one of {', '.join(SOTION_FLAVORS)}, "
+            f"not {settings.sotion_api_flavor!r}"
+        )
+    url = settings.sotion_api_url
+    if urlsplit(url.replace("{key}", "k").replace("{site_id}", "s")).scheme not in (
+        "http",
+        "https",
+    ):
+        raise SettingsError(f"SOTION_API_URL must be an http(s) URL, not {url!r}")
+    key = settings.sotion_api_key
+    if settings.sotion_api_flavor == "v1":
+        if key is not None and not key.startswith("so_"):
+            raise SettingsError("SOTION_API_KEY must be a v1 key starting with 'so_'")
+    else:
+        if not settings.sotion_site_id:
+            raise SettingsError("SOTION_SITE_ID is required when SOTION_API_FLAVOR=legacy")
+        if "{key}" not in url and key is not None:
+            raise SettingsError("SOTION_API_URL must contain {key} when SOTION_API_FLAVOR=legacy")
+
+
+class _Env:
+    """Typed, strict accessors over an environment mapping."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def get(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    def secret(self, name: str) -> str | None:
+        """``NAME``, or the contents of the file named by ``NAME_FILE``; not both."""
+        direct = self.get(name)
+        file_name = self.get(f"{name}_FILE")
+        if direct is not None and file_name is not None:
+            raise SettingsError(f"set either {name} or {name}_FILE, not both")
+        if file_name is None:
+            return direct
+        try:
+            content = Path(file_name).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SettingsError(f"{name}_FILE: cannot read {file_name}: {exc.strerror}") from exc
+        if not content:
+            raise SettingsError(f"{name}_FILE: {file_name} is empty")
+        return content
+
+    def secret_list(self, name: str) -> tuple[str, ...]:
+        """A comma-separated list of secrets (several are allowed for rotation)."""
+        value = self.secret(name)
+        if value is None:
+            return ()
+        items = tuple(part.strip() for part in value.split(","))
+        if any(not item for item in items):
+            raise SettingsError(f"{name} has an empty entry in its comma-separated list")
+        return items
+
+    def boolean(self, name: str, *, default: bool) -> bool:
+        value = self._environ.get(name)
+        if value is None:
+            return default
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise SettingsError(f"{name} must be true or false, not {value!r}")
+
+    def url(self, name: str, *, schemes: tuple[str, ...]) -> str | None:
+        value = self.get(name)
+        if value is None:
+            return None
+        if urlsplit(value).scheme not in schemes:
+            raise SettingsError(f"{name} must be a URL with scheme {' or '.join(schemes)}")
+        return value
+
+    def number(self, name: str, *, default: float, least: float) -> float:
+        """A number no smaller than ``least``."""
+        value = self.get(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError as exc:
+            raise SettingsError(f"{name} must be a number, not {value!r}") from exc
+        if number < least or number != number:
+            raise SettingsError(f"{name} must be at least {least:g}")
+        return number
+
+    def choice(self, name: str, choices: tuple[str, ...], *, default: str) -> str:
+        """One of ``choices`` (case-insensitive)."""
+        value = self.get(name)
+        if value is None:
+            return default
+        if value.upper() not in choices:
+            raise SettingsError(f"{name} must be one of {', '.join(choices)}")
+        return value.upper()
+
+    def path(self, name: str) -> Path | None:
+        value = self.get(name)
+        return Path(value) if value is not None else None
+
+    def timeout(self, name: str, *, default: tuple[float, float]) -> tuple[float, float]:
+        """``read`` or ``connect,read`` in seconds, each positive."""
+        value = self.get(name)
+        if value is None:
+            return default
+        try:
+            parts = [float(part) for part in value.split(",")]
+        except ValueError as exc:
+            raise SettingsError(f"{name} must be seconds, e.g. 10 or 3,10") from exc
+        if len(parts) not in (1, 2) or any(part <= 0 for part in parts):
+            raise SettingsError(f"{name} must be one or two positive numbers of seconds")
+        return (parts[0], parts[-1]) if len(parts) == 2 else (default[0], parts[0])
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """The job retry policy the settings describe."""
+    return RetryPolicy(attempts=settings.retry_attempts, base_seconds=settings.retry_base_seconds)

@@ -1,0 +1,113 @@
+"""The HTTP routes. Each webhook view is a checklist: raw bytes → verify → parse →
+enqueue → respond. One error handler turns every failure into a JSON response.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+from flask import Blueprint, Response, jsonify, request
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
+
+from bridge import metrics
+from bridge.app import current_bridge
+from bridge.errors import BridgeError, ProviderDisabledError
+from bridge.events import MembershipEvent
+from bridge.providers import stripe
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("bridge", __name__)
+
+
+@bp.post("/webhooks/stripe")
+def stripe_webhook() -> ResponseReturnValue:
+    """Stripe: ``Stripe-Signature`` over the raw body, one event per request."""
+    secrets = current_bridge().settings.stripe_webhook_secrets
+    if not secrets:
+        raise ProviderDisabledError("Stripe webhooks are not configured on this bridge")
+    raw = request.get_data(cache=False)
+    stripe.verify(raw, request.headers.get("Stripe-Signature"), secrets, now=time.time())
+    events = stripe.parse(stripe.load(raw))
+    return _accept(stripe.PROVIDER, events)
+
+
+@bp.get("/healthz")
+def healthz() -> ResponseReturnValue:
+    """The process is alive."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> ResponseReturnValue:
+    """Ready when Redis answers (events can be stored)."""
+    try:
+        current_bridge().redis.ping()
+    except redis.RedisError:
+        return jsonify(status="unavailable", redis=False), 503
+    return jsonify(status="ok", redis=True)
+
+
+@bp.get("/metrics")
+def prometheus_metrics() -> ResponseReturnValue:
+    """Prometheus text format."""
+    body = metrics.render(current_bridge().queue)
+    return Response(body, mimetype="text/plain; version=0.0.4")
+
+
+def _accept(provider: str, events: list[MembershipEvent]) -> ResponseReturnValue:
+    """Queue the events the bridge applies; 200 only once they are all in Redis."""
+    bridge = current_bridge()
+    wanted = [e for e in events if bridge.settings.accept_test_events or not e.test_mode]
+    result = bridge.intake.submit(wanted)
+    ignored = len(events) - len(wanted)
+    outcome = "queued" if result.queued else "duplicate" if result.duplicates else "ignored"
+    metrics.count(bridge.redis, "bridge_webhooks", provider=provider, outcome=outcome)
+    for name, amount in (("queued", len(result.queued)), ("duplicate", len(result.duplicates))):
+        if amount:
+            metrics.count(bridge.redis, "bridge_events", amount, provider=provider, outcome=name)
+    return jsonify(
+        received=True,
+        queued=len(result.queued),
+        duplicates=len(result.duplicates),
+        ignored=ignored,
+    )
+
+
+@bp.app_errorhandler(BridgeError)
+def _bridge_error(error: BridgeError) -> ResponseReturnValue:
+    log.info("webhook refused status=%s code=%s reason=%s", error.status, error.code, error)
+    if error.status < 500 and error.status != 404:
+        metrics.count(
+            current_bridge().redis, "bridge_webhooks", provider=_provider(), outcome=error.code
+        )
+    return jsonify(error={"code": error.code, "message": error.message}), error.status
+
+
+@bp.app_errorhandler(redis.RedisError)
+def _redis_error(error: redis.RedisError) -> ResponseReturnValue:
+    log.error("redis unavailable, event not stored: %s", type(error).__name__)
+    body = {"code": "queue_unavailable", "message": "Events cannot be stored right now"}
+    return jsonify(error=body), 503, {"Retry-After": "30"}
+
+
+@bp.app_errorhandler(HTTPException)
+def _http_error(error: HTTPException) -> ResponseReturnValue:
+    status = error.code or 500
+    code = (error.name or "error").lower().replace(" ", "_")
+    return jsonify(error={"code": code, "message": error.description}), status
+
+
+@bp.app_errorhandler(Exception)
+def _unexpected(error: Exception) -> ResponseReturnValue:
+    log.error("unexpected error path=%s", request.path, exc_info=error)
+    body = {"code": "internal_error", "message": "The event was not stored; please retry"}
+    return jsonify(error=body), 500
+
+
+def _provider() -> str:
+    parts = request.path.strip("/").split("/")
+    return parts[1] if len(parts) > 1 and parts[0] == "webhooks" else "-"

@@ -1,0 +1,151 @@
+"""Shared fixtures: a private real Redis, the Sotion sandbox on a real socket, the app."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from rq import Queue, SimpleWorker
+from rq.serializers import JSONSerializer
+
+from bridge.app import create_app
+from bridge.embedded import EmbeddedRedis
+from bridge.queues import bridge_queue
+from bridge.sandbox import SandboxConfig, SandboxServer
+from bridge.settings import Settings
+from bridge.sotion import LegacySotionClient, SotionClient
+from workers import runtime as worker_runtime
+
+SANDBOX_KEY = "so_test_key"
+LEGACY_KEY = "d600c2d2-e07e-46b9-b79a-f0376aaa303d"
+LEGACY_SITE = "E1CP6DYM2JF6H"
+STRIPE_SECRET = "whsec_test_secret"
+
+SandboxFactory = Callable[..., SandboxServer]
+
+
+# -- Redis -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``REDIS_URL`` if given (it is flushed!), else a private redis-server for the run."""
+    given = os.environ.get("REDIS_URL")
+    if given:
+        yield given
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persistent=False)
+    with server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
+    """A connection to the test Redis, flushed before and after the test."""
+    connection = redis.Redis.from_url(redis_url)
+    connection.flushdb()
+    yield connection
+    connection.flushdb()
+    connection.close()
+
+
+@pytest.fixture
+def queue(redis_conn: redis.Redis) -> Queue:
+    """The bridge's RQ queue on the test Redis."""
+    return bridge_queue(redis_conn)
+
+
+def drain(queue: Queue) -> None:
+    """Run every queued job in this process (retries with a 0 s interval included)."""
+    worker = SimpleWorker([queue], connection=queue.connection, serializer=JSONSerializer)
+    worker.work(burst=True)
+
+
+# -- Sotion sandbox ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def sandbox_factory() -> Iterator[SandboxFactory]:
+    """Start sandboxes with custom settings; all are stopped after the test."""
+    started: list[SandboxServer] = []
+
+    def start(**options: Any) -> SandboxServer:
+        options.setdefault("api_key", SANDBOX_KEY)
+        options.setdefault("legacy_key", LEGACY_KEY)
+        options.setdefault("legacy_site_id", LEGACY_SITE)
+        server = SandboxServer(SandboxConfig(**options), port=0)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def sotion(sandbox_factory: SandboxFactory) -> SandboxServer:
+    """A Sotion sandbox with default settings, listening on 127.0.0.1."""
+    return sandbox_factory()
+
+
+@pytest.fixture
+def sotion_api(sotion: SandboxServer) -> Iterator[SotionClient]:
+    """A v1 client for the ``sotion`` sandbox."""
+    api = SotionClient.connect(sotion.url, SANDBOX_KEY, timeout=(2.0, 5.0))
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def legacy_client(sotion: SandboxServer) -> Iterator[LegacySotionClient]:
+    """A legacy-API client for the ``sotion`` sandbox."""
+    template = f"{sotion.root_url}/legacy/{{key}}/sites/{{site_id}}"
+    api = LegacySotionClient.connect(LEGACY_KEY, LEGACY_SITE, url_template=template)
+    yield api
+    api.close()
+
+
+# -- the bridge --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(redis_url: str, sotion: SandboxServer, tmp_path: Path) -> Settings:
+    """Settings for a bridge wired to the test Redis and the sandbox; retries immediate."""
+    return Settings(
+        redis_url=redis_url,
+        data_dir=tmp_path / "data",
+        sotion_api_key=SANDBOX_KEY,
+        sotion_api_url=sotion.url,
+        sotion_timeout=(2.0, 2.0),
+        stripe_webhook_secrets=(STRIPE_SECRET,),
+        accept_test_events=True,
+        retry_attempts=3,
+        retry_base_seconds=0,
+    )
+
+
+@pytest.fixture
+def app(settings: Settings, redis_conn: redis.Redis) -> Flask:
+    """The bridge app on the test settings."""
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client of the bridge app."""
+    return app.test_client()
+
+
+@pytest.fixture
+def runtime(settings: Settings, redis_conn: redis.Redis) -> Iterator[worker_runtime.Runtime]:
+    """The worker runtime (what jobs use) on the test settings."""
+    built = worker_runtime.configure(settings, redis_conn)
+    yield built
+    worker_runtime.reset()

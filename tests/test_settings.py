@@ -1,0 +1,73 @@
+"""Settings read the environment strictly and name the variable at fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge.settings import DEFAULT_SOTION_API_URL, Settings, SettingsError
+from bridge.sotion import LegacySotionClient, SotionClient, client_from_settings
+
+
+def test_defaults_when_environment_is_empty() -> None:
+    settings = Settings.from_env({})
+    assert settings.sotion_api_url == DEFAULT_SOTION_API_URL
+    assert settings.redis_url is None
+    assert settings.accept_test_events is False
+    assert settings.stripe_webhook_secrets == ()
+
+
+def test_comma_separated_secrets_allow_rotation() -> None:
+    settings = Settings.from_env({"STRIPE_WEBHOOK_SECRET": "whsec_new, whsec_old"})
+    assert settings.stripe_webhook_secrets == ("whsec_new", "whsec_old")
+
+
+def test_secret_can_come_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "key"
+    secret.write_text("so_from_file\n")
+    settings = Settings.from_env({"SOTION_API_KEY_FILE": str(secret)})
+    assert settings.sotion_api_key == "so_from_file"
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"SOTION_API_KEY": "not-a-so-key"}, "SOTION_API_KEY"),
+        ({"SOTION_API_URL": "ftp://example.com"}, "SOTION_API_URL"),
+        ({"SOTION_API_FLAVOR": "v9"}, "SOTION_API_FLAVOR"),
+        ({"SOTION_API_FLAVOR": "legacy", "SOTION_API_KEY": "k"}, "SOTION_SITE_ID"),
+        ({"SOTION_TIMEOUT": "fast"}, "SOTION_TIMEOUT"),
+        ({"SOTION_TIMEOUT": "0"}, "SOTION_TIMEOUT"),
+        ({"REDIS_URL": "http://localhost"}, "REDIS_URL"),
+        ({"BRIDGE_ACCEPT_TEST_EVENTS": "maybe"}, "BRIDGE_ACCEPT_TEST_EVENTS"),
+        ({"STRIPE_WEBHOOK_SECRET": "a,,b"}, "STRIPE_WEBHOOK_SECRET"),
+        ({"SOTION_API_KEY_FILE": "/nonexistent/key"}, "SOTION_API_KEY_FILE"),
+        ({"SOTION_API_KEY": "so_a", "SOTION_API_KEY_FILE": "/x"}, "SOTION_API_KEY"),
+    ],
+)
+def test_bad_values_fail_naming_the_variable(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(environ)
+
+
+def test_timeout_accepts_read_or_connect_and_read() -> None:
+    assert Settings.from_env({"SOTION_TIMEOUT": "20"}).sotion_timeout == (3.05, 20.0)
+    assert Settings.from_env({"SOTION_TIMEOUT": "2,8"}).sotion_timeout == (2.0, 8.0)
+
+
+def test_client_from_settings_picks_the_flavour() -> None:
+    v1 = client_from_settings(Settings(sotion_api_key="so_x"))
+    assert isinstance(v1, SotionClient)
+    legacy = client_from_settings(
+        Settings.from_env(
+            {"SOTION_API_FLAVOR": "legacy", "SOTION_API_KEY": "k", "SOTION_SITE_ID": "S1"}
+        )
+    )
+    assert isinstance(legacy, LegacySotionClient)
+    assert legacy.transport.base_url == "https://k.api.sotion.app/sites/S1"
+
+
+def test_client_from_settings_without_key_names_it() -> None:
+    with pytest.raises(SettingsError, match="SOTION_API_KEY"):
+        client_from_settings(Settings())

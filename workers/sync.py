@@ -1,0 +1,226 @@
+"""Apply one MembershipEvent: update the email's ledger, then bring Sotion in line.
+
+The order matters for exactly-once effect: the ledger merge is idempotent (a replayed
+event changes nothing), and the Sotion side is a diff between the state the whole ledger
+calls for and the member as Sotion has it now, so a re-run makes no call twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.events import MembershipEvent, mask_email
+from bridge.ledger import Entitlement, merge
+from bridge.membership import (
+    DesiredMember,
+    MemberSnapshot,
+    Plan,
+    Policy,
+    desired_member,
+    plan_changes,
+)
+from bridge.sotion import (
+    ConflictError,
+    Member,
+    NotFoundError,
+    SotionAPI,
+    TransientError,
+)
+from workers.resolve import Resolver
+from workers.store import Store
+
+log = logging.getLogger(__name__)
+
+GroupsFor = Callable[[Entitlement], Iterable[str]]
+
+
+@dataclass
+class Outcome:
+    """What applying one event did (the job's result, kept in RQ for inspection)."""
+
+    event: str
+    email: str
+    entitlement: str | None = None
+    ledger_changed: bool = False
+    actions: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-serializable form (masked email)."""
+        return {
+            "event": self.event,
+            "email": self.email,
+            "entitlement": self.entitlement,
+            "ledger_changed": self.ledger_changed,
+            "actions": self.actions,
+        }
+
+
+class Applier:
+    """Applies events for one Sotion site."""
+
+    def __init__(
+        self,
+        store: Store,
+        sotion: SotionAPI,
+        resolver: Resolver,
+        *,
+        policy: Policy | None = None,
+        groups_for: GroupsFor | None = None,
+    ) -> None:
+        self.store = store
+        self.sotion = sotion
+        self.resolver = resolver
+        self.policy = policy or Policy()
+        self.groups_for = groups_for
+
+    def apply(self, event: MembershipEvent) -> Outcome:
+        """Merge the event into its email's ledger and sync that member to Sotion."""
+        key = self.resolver.entitlement(event)
+        if event.state is None:
+            # Nothing changes hands; remember what the event tells us, if we can.
+            email = self.resolver.email(event)
+            self.store.learn(event, email, key)
+            return Outcome(event=event.dedupe_key, email=mask_email(email), entitlement=key)
+        email = self.resolver.require_email(event)
+        self.store.learn(event, email, key)
+        event = self.resolver.refresh(event, key)
+        outcome = Outcome(event=event.dedupe_key, email=mask_email(email), entitlement=key)
+        with self.store.email_lock(email):
+            if key is not None:
+                current = self.store.entitlements(email).get(key)
+                merged = merge(current, event, key)
+                if merged is not None:
+                    self.store.save_entitlement(email, merged)
+                    outcome.ledger_changed = True
+            outcome.actions = self.sync_member(email, display_name=event.display_name)
+        log.info(
+            "applied event=%s email=%s entitlement=%s changed=%s actions=%s",
+            outcome.event,
+            outcome.email,
+            key,
+            outcome.ledger_changed,
+            ",".join(outcome.actions),
+        )
+        return outcome
+
+    def sync_member(self, email: str, *, display_name: str | None = None) -> list[str]:
+        """Make the Sotion member match the ledger; returns the calls made (caller locks)."""
+        entitlements = self.store.entitlements(email).values()
+        if not entitlements:
+            return []
+        desired = desired_member(entitlements, self.policy, self.groups_for)
+        member_id, bridge_blocked, bridge_groups = self.store.member_record(email)
+        need_groups = bool(desired.groups or bridge_groups)
+        member = self._find(email, member_id, need_groups=need_groups)
+        plan = plan_changes(
+            desired,
+            _snapshot(member),
+            bridge_blocked=bridge_blocked,
+            bridge_groups=bridge_groups,
+            policy=self.policy,
+        )
+        actions: list[str] = []
+        created_groups: frozenset[str] = frozenset()
+        if plan.create:
+            member, created_groups = self._create(email, display_name, desired, plan, actions)
+            bridge_groups = bridge_groups | created_groups
+            # Compare again with the member as created (or as someone else created it).
+            plan = plan_changes(
+                desired,
+                _snapshot(member),
+                bridge_blocked=bridge_blocked,
+                bridge_groups=bridge_groups,
+                policy=self.policy,
+            )
+        if member is None:
+            self.store.save_member_record(email, None, bridge_blocked, bridge_groups)
+            return actions
+        if plan.patch:
+            member = self._patch(email, member.id, plan.patch)
+            actions.append("patch:" + ",".join(f"{k}={v}" for k, v in sorted(plan.patch.items())))
+        groups = set(bridge_groups)
+        for group_id in sorted(plan.add_groups):
+            self._add_group(group_id, member.id)
+            groups.add(group_id)
+            actions.append(f"add-group:{group_id}")
+        for group_id in sorted(plan.remove_groups):
+            self._remove_group(group_id, member.id)
+            groups.discard(group_id)
+            actions.append(f"remove-group:{group_id}")
+        self.store.save_member_record(email, member.id, plan.bridge_blocked, frozenset(groups))
+        return actions
+
+    def _find(self, email: str, member_id: str | None, *, need_groups: bool) -> Member | None:
+        """The member: by cached id (404 → look up again), else by email."""
+        if member_id is not None:
+            try:
+                return self.sotion.get_member(member_id)
+            except NotFoundError:
+                log.info("cached member id is gone email=%s", mask_email(email))
+        found = self.sotion.find_member_by_email(email)
+        if found is not None and need_groups:
+            return self.sotion.get_member(found.id)  # lists carry no groups
+        return found
+
+    def _create(
+        self,
+        email: str,
+        display_name: str | None,
+        desired: DesiredMember,
+        plan: Plan,
+        actions: list[str],
+    ) -> tuple[Member, frozenset[str]]:
+        """Create the member (with their groups); on 409 return the existing one."""
+        try:
+            member = self.sotion.create_member(
+                email,
+                display_name=display_name,
+                paid=desired.paid,
+                access_group_ids=sorted(plan.add_groups),
+            )
+            actions.append(f"create:paid={desired.paid}")
+            actions.extend(f"add-group:{group_id}" for group_id in sorted(plan.add_groups))
+            return member, plan.add_groups
+        except ConflictError:
+            # Created concurrently (another job, or a signup): use theirs and patch it.
+            existing = self.sotion.find_member_by_email(email)
+            if existing is None:
+                raise TransientError("Sotion said 409 but the member is not listed yet") from None
+            actions.append("create:conflict")
+            return self.sotion.get_member(existing.id), frozenset()
+
+    def _patch(self, email: str, member_id: str, patch: dict[str, Any]) -> Member:
+        try:
+            return self.sotion.update_member(member_id, **_patch_kwargs(patch))
+        except NotFoundError:
+            self.store.save_member_record(email, None, False, frozenset())
+            raise TransientError(
+                "member was deleted while being updated; will look up again"
+            ) from None
+
+    def _add_group(self, group_id: str, member_id: str) -> None:
+        with suppress(ConflictError):  # already in the group
+            self.sotion.add_group_member(group_id, member_id)
+
+    def _remove_group(self, group_id: str, member_id: str) -> None:
+        with suppress(NotFoundError):  # already out of the group
+            self.sotion.remove_group_member(group_id, member_id)
+
+
+def _snapshot(member: Member | None) -> MemberSnapshot | None:
+    if member is None:
+        return None
+    return MemberSnapshot(
+        paid=bool(member.paid),
+        blocked=member.blocked,
+        groups=member.access_group_ids or frozenset(),
+    )
+
+
+def _patch_kwargs(patch: dict[str, Any]) -> dict[str, Any]:
+    names = {"paid": "paid", "status": "status", "displayName": "display_name"}
+    return {names[key]: value for key, value in patch.items()}
