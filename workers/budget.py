@@ -19,18 +19,42 @@ BUDGET_KEY = "bridge:sotion:budget"
 # Never sleep inside a job longer than this: beyond it, the job is retried later.
 MAX_INLINE_WAIT_SECONDS = 30.0
 
-# Atomically take one unit: returns {remaining_after, reset_at} or nil when unknown.
+# Atomically take one unit: returns {remaining_after, reset_at}, or nil when unknown.
+# When the window has passed, a new one opens with the last known limit (until a response
+# tells the real numbers), so workers do not all rush in while the budget is unknown.
 _TAKE = """
 local remaining = redis.call('HGET', KEYS[1], 'remaining')
 local reset_at = redis.call('HGET', KEYS[1], 'reset_at')
+local limit = redis.call('HGET', KEYS[1], 'limit')
 if not remaining or not reset_at then return nil end
 if tonumber(reset_at) <= tonumber(ARGV[1]) then
-  redis.call('DEL', KEYS[1])
-  return nil
+  if not limit then
+    redis.call('DEL', KEYS[1])
+    return nil
+  end
+  reset_at = tostring(tonumber(ARGV[1]) + 1)
+  redis.call('HSET', KEYS[1], 'remaining', limit, 'reset_at', reset_at)
 end
 local left = redis.call('HINCRBY', KEYS[1], 'remaining', -1)
 return {left, reset_at}
 """
+
+# Atomically record a response's headers: a later window replaces the budget; within the
+# same window the count only goes down (responses can arrive out of order).
+_RECORD = """
+local reset_at = tonumber(redis.call('HGET', KEYS[1], 'reset_at') or '0')
+local remaining = tonumber(redis.call('HGET', KEYS[1], 'remaining') or '-1')
+local new_reset = tonumber(ARGV[2])
+local new_remaining = tonumber(ARGV[1])
+if new_reset > reset_at or (new_reset == reset_at and new_remaining < remaining) then
+  redis.call('HSET', KEYS[1], 'remaining', ARGV[1], 'reset_at', ARGV[2])
+end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'limit', ARGV[3]) end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+# The budget is forgotten this long after its last update (a stale limit is not kept).
+BUDGET_TTL_SECONDS = 3600
 
 
 class SharedBudget:
@@ -46,6 +70,7 @@ class SharedBudget:
     ) -> None:
         self.redis = connection
         self._take = connection.register_script(_TAKE)
+        self._record = connection.register_script(_RECORD)
         self._clock = clock
         self._sleep = sleep
         self.max_wait = max_wait
@@ -54,14 +79,11 @@ class SharedBudget:
         """Store what a response said about the window (the transport's listener)."""
         if rate_limit.remaining is None or rate_limit.reset_at is None:
             return
-        ttl = max(int(rate_limit.reset_at - self._clock()) + 1, 1)
-        pipe = self.redis.pipeline()
-        pipe.hset(
-            BUDGET_KEY,
-            mapping={"remaining": rate_limit.remaining, "reset_at": int(rate_limit.reset_at)},
+        limit = "" if rate_limit.limit is None else str(rate_limit.limit)
+        self._record(
+            keys=[BUDGET_KEY],
+            args=[rate_limit.remaining, int(rate_limit.reset_at), limit, BUDGET_TTL_SECONDS],
         )
-        pipe.expire(BUDGET_KEY, ttl)
-        pipe.execute()
 
     def acquire(self) -> None:
         """Take one unit; wait for the reset when none is left (raise if that is too long)."""

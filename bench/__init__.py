@@ -1,0 +1,1 @@
+"""Benchmarks: each prints its measurements side by side, as ratios, in one run."""
