@@ -97,7 +97,7 @@ def load(raw: bytes) -> dict[str, Any]:
     """Decode a verified body into an event dict; raise PayloadError if it is not one."""
     try:
         event = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise PayloadError("Body is not JSON") from exc
     if not isinstance(event, dict):
         raise PayloadError("Body is not a JSON object")
@@ -118,6 +118,14 @@ def load(raw: bytes) -> dict[str, Any]:
 
 def parse(event: Mapping[str, Any]) -> list[MembershipEvent]:
     """The membership events one Stripe event means (none for irrelevant types)."""
+    try:
+        return _parse(event)
+    except (AttributeError, TypeError, ValueError, KeyError) as exc:
+        # Signed by Stripe but not shaped as documented: refuse it, never crash on it.
+        raise PayloadError(f"Stripe event has an unexpected shape: {type(exc).__name__}") from exc
+
+
+def _parse(event: Mapping[str, Any]) -> list[MembershipEvent]:
     kind = str(event.get("type", ""))
     obj = event.get("data", {}).get("object", {})
     base: dict[str, Any] = {
