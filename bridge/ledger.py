@@ -81,6 +81,12 @@ def merge(current: Entitlement | None, event: MembershipEvent, key: str) -> Enti
         event_id=event.event_id,
         products=products,
     )
-    if current is not None and (current.state, current.products) == (merged.state, products):
-        return None
+    if (
+        current is not None
+        and (current.state, current.products) == (merged.state, products)
+        and event.occurred_at <= current.occurred_at
+    ):
+        return None  # a replay: nothing new
+    # A newer event in the same state still moves the watermark forward, so an older
+    # event delivered after it stays stale.
     return merged

@@ -175,7 +175,8 @@ def _checkout(kind: str, obj: Mapping[str, Any], base: dict[str, Any]) -> list[M
         state = EntitlementState.PENDING  # unpaid: wait for async_payment_succeeded
     subscription = _id(obj.get("subscription"))
     payment_intent = _id(obj.get("payment_intent"))
-    key = subscription or payment_intent or _id(obj.get("id"))
+    # One purchase, one entitlement: invoice.paid names the same purchase by its invoice.
+    key = subscription or _id(obj.get("invoice")) or payment_intent or _id(obj.get("id"))
     details = obj.get("customer_details") or {}
     refs = _refs(
         checkout_session=_id(obj.get("id")),
