@@ -29,7 +29,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings if settings is not None else Settings.from_env()
     logs.configure(settings.log_level)
     app = Flask("bridge")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # One byte over the limit, so web._raw_body can tell a truncated chunked body.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     connection = connect(settings)
     queue = bridge_queue(connection)
     app.extensions["bridge"] = Bridge(

@@ -77,15 +77,14 @@ class Intake:
                 try:
                     pipe.watch(key)  # type: ignore[no-untyped-call]
                     previous = pipe.get(key)
-                    if previous is not None and not self._is_dead(as_text(previous)):
+                    dead = self._dead_job(as_text(previous)) if previous is not None else None
+                    if previous is not None and dead is None:
                         pipe.unwatch()
                         return None
                     pipe.multi()
                     pipe.set(key, job_id, ex=DEDUPE_TTL_SECONDS)
-                    if previous is not None:
-                        self.queue.failed_job_registry.remove(
-                            as_text(previous), pipeline=pipe, delete_job=True
-                        )
+                    if dead is not None:
+                        dead.delete(pipeline=pipe)
                     self.queue.enqueue_call(
                         APPLY_EVENT_JOB,
                         args=(event.to_json(),),
@@ -103,10 +102,10 @@ class Intake:
                 except redis.WatchError:
                     continue
 
-    def _is_dead(self, job_id: str) -> bool:
-        """True when the job behind a dedupe key can no longer apply its event."""
+    def _dead_job(self, job_id: str) -> Job | None:
+        """The job behind a dedupe key if it can no longer apply its event."""
         try:
             job = Job.fetch(job_id, connection=self.connection, serializer=self.queue.serializer)
         except NoSuchJobError:
-            return False  # finished and expired: it was applied
-        return job.get_status(refresh=False) in _DEAD
+            return None  # finished and expired: it was applied
+        return job if job.get_status(refresh=False) in _DEAD else None

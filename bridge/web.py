@@ -10,7 +10,7 @@ import time
 import redis
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from bridge import metrics
 from bridge.app import current_bridge
@@ -29,7 +29,7 @@ def stripe_webhook() -> ResponseReturnValue:
     secrets = current_bridge().settings.stripe_webhook_secrets
     if not secrets:
         raise ProviderDisabledError("Stripe webhooks are not configured on this bridge")
-    raw = request.get_data(cache=False)
+    raw = _raw_body()
     stripe.verify(raw, request.headers.get("Stripe-Signature"), secrets, now=time.time())
     events = stripe.parse(stripe.load(raw))
     return _accept(stripe.PROVIDER, events)
@@ -56,6 +56,18 @@ def prometheus_metrics() -> ResponseReturnValue:
     """Prometheus text format."""
     body = metrics.render(current_bridge().queue)
     return Response(body, mimetype="text/plain; version=0.0.4")
+
+
+def _raw_body() -> bytes:
+    """The request body exactly as sent; 413 past the limit.
+
+    Werkzeug refuses a declared Content-Length over MAX_CONTENT_LENGTH, but silently
+    truncates a chunked body there; the app allows one byte more so this check sees it.
+    """
+    raw = request.get_data(cache=False)
+    if len(raw) > current_bridge().settings.max_body_bytes:
+        raise RequestEntityTooLarge()
+    return raw
 
 
 def _accept(provider: str, events: list[MembershipEvent]) -> ResponseReturnValue:
@@ -98,7 +110,8 @@ def _redis_error(error: redis.RedisError) -> ResponseReturnValue:
 def _http_error(error: HTTPException) -> ResponseReturnValue:
     status = error.code or 500
     code = (error.name or "error").lower().replace(" ", "_")
-    return jsonify(error={"code": code, "message": error.description}), status
+    headers = [(k, v) for k, v in error.get_headers() if k.lower() != "content-type"]
+    return jsonify(error={"code": code, "message": error.description}), status, headers
 
 
 @bp.app_errorhandler(Exception)

@@ -63,6 +63,8 @@ def verify(
     """
     if not signature_header:
         raise SignatureError("Missing Stripe-Signature header")
+    if not signature_header.isascii():
+        raise SignatureError("Stripe-Signature is not ASCII")
     timestamp = _timestamp(signature_header)
     try:
         payload = raw.decode("utf-8")
@@ -84,7 +86,7 @@ def verify(
 
 def _timestamp(header: str) -> int:
     for item in header.split(","):
-        key, _, value = item.strip().partition("=")
+        key, _, value = item.partition("=")  # exactly as the SDK reads it: no stripping
         if key == "t":
             try:
                 return int(value)
@@ -126,6 +128,8 @@ def parse(event: Mapping[str, Any]) -> list[MembershipEvent]:
 
 
 def _parse(event: Mapping[str, Any]) -> list[MembershipEvent]:
+    if event.get("object") == "v2.core.event":
+        return []
     kind = str(event.get("type", ""))
     obj = event.get("data", {}).get("object", {})
     base: dict[str, Any] = {
