@@ -40,3 +40,10 @@ class QueueUnavailableError(BridgeError):
 
     status = 503
     code = "queue_unavailable"
+
+
+class ForbiddenError(BridgeError):
+    """Authentic in form but not for us, e.g. a Gumroad ping for another seller."""
+
+    status = 403
+    code = "forbidden"

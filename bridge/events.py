@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -101,6 +102,24 @@ class MembershipEvent:
             test_mode=bool(data.get("test_mode", False)),
             clears_dispute=bool(data.get("clears_dispute", False)),
         )
+
+
+def parse_timestamp(value: object) -> float | None:
+    """Unix seconds from an ISO 8601 string (``Z`` or offset) or a number; None if unreadable."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
 
 
 def normalize_email(email: str) -> str:
