@@ -10,6 +10,7 @@ from rq import Queue
 
 from bridge import logs
 from bridge.intake import Intake
+from bridge.products import Catalog, load_catalog
 from bridge.queues import bridge_queue, connect
 from bridge.settings import Settings, retry_policy
 
@@ -22,6 +23,7 @@ class Bridge:
     redis: redis.Redis
     queue: Queue
     intake: Intake
+    catalog: Catalog | None
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -31,6 +33,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("bridge")
     # One byte over the limit, so web._raw_body can tell a truncated chunked body.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
+    # The products file is validated here too, so a broken one stops the web at start-up.
+    catalog = load_catalog(settings.products_file) if settings.products_file else None
     connection = connect(settings)
     queue = bridge_queue(connection)
     app.extensions["bridge"] = Bridge(
@@ -38,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         redis=connection,
         queue=queue,
         intake=Intake(queue, retry_policy(settings)),
+        catalog=catalog,
     )
     from bridge.web import bp
 

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bridge import admin, logs, runner
+from bridge.products import load_catalog
 from bridge.queues import bridge_queue, connect
 from bridge.sandbox import SandboxConfig, SandboxServer
 from bridge.sandbox.config import API_KEY_PREFIX
@@ -206,12 +207,25 @@ def check() -> None:
             failures += 1
             console.print(f"redis: [red]unreachable[/] ({type(exc).__name__})")
     try:
-        site = client_from_settings(settings).site()
+        sotion = client_from_settings(settings)
+        site = sotion.site()
         console.print(f"sotion: [green]ok[/] site {site.id} ({site.domain or '-'})")
+        if settings.products_file is not None:
+            from workers.groups import resolve_groups
+
+            catalog = resolve_groups(load_catalog(settings.products_file), sotion)
+            console.print(
+                f"products: [green]ok[/] {len(catalog.rules)} rule(s), "
+                f"{len(catalog.group_references())} group(s) found in Sotion"
+            )
     except (SettingsError, SotionError) as exc:
         failures += 1
         console.print(f"sotion: [red]{exc}[/]")
-    providers = {"stripe": bool(settings.stripe_webhook_secrets)}
+    providers = {
+        "stripe": bool(settings.stripe_webhook_secrets),
+        "lemonsqueezy": bool(settings.lemonsqueezy_webhook_secrets),
+        "gumroad": bool(settings.gumroad_webhook_token),
+    }
     for name, enabled in providers.items():
         console.print(f"{name}: {'[green]enabled[/]' if enabled else '[yellow]disabled[/]'}")
     if failures:

@@ -1,6 +1,11 @@
-"""Errors of the web side; one handler in :mod:`bridge.web` maps them to JSON responses."""
+"""Errors of the bridge: configuration errors, and the web side's request errors that one
+handler in :mod:`bridge.web` maps to JSON responses."""
 
 from __future__ import annotations
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
 
 
 class BridgeError(Exception):

@@ -13,6 +13,7 @@ from typing import Any
 
 from bridge.events import EntitlementState
 from bridge.ledger import Entitlement
+from bridge.products import Catalog, Grant
 
 
 class RevokeAction(StrEnum):
@@ -36,6 +37,8 @@ class Policy:
     revoke_action: RevokeAction = RevokeAction.UNPAID
     dispute_action: DisputeAction = DisputeAction.BLOCK
     past_due_keeps_access: bool = True
+    # Seconds a past_due entitlement keeps access; None: until the provider gives up.
+    past_due_grace_seconds: float | None = None
     unblock_manual_blocks: bool = False
 
 
@@ -73,30 +76,47 @@ class Plan:
         return not (self.create or self.patch or self.add_groups or self.remove_groups)
 
 
-def grants_access(entitlement: Entitlement, policy: Policy) -> bool:
-    """Whether this entitlement, in its current state, gives access."""
+def grants_access(entitlement: Entitlement, policy: Policy, now: float | None = None) -> bool:
+    """Whether this entitlement, in its current state, gives access at ``now``."""
     if entitlement.state is EntitlementState.ACTIVE:
         return True
-    return entitlement.state is EntitlementState.PAST_DUE and policy.past_due_keeps_access
+    if entitlement.state is not EntitlementState.PAST_DUE or not policy.past_due_keeps_access:
+        return False
+    if policy.past_due_grace_seconds is None or now is None:
+        return True
+    return now < entitlement.occurred_at + policy.past_due_grace_seconds
 
 
 def desired_member(
     entitlements: Iterable[Entitlement],
     policy: Policy,
-    groups_for: Any = None,
+    catalog: Catalog | None = None,
+    *,
+    now: float | None = None,
 ) -> DesiredMember:
-    """The member state the whole ledger calls for (never one event alone)."""
-    items = list(entitlements)
-    active = [e for e in items if grants_access(e, policy)]
-    disputed = any(e.state is EntitlementState.DISPUTED for e in items)
+    """The member state the whole ledger calls for (never one event alone).
+
+    With a catalog, only entitlements of listed products count: each grants what its
+    rule says, and every member with access also gets the default groups.
+    """
+    counted: list[tuple[Entitlement, Grant]] = []
+    for entitlement in entitlements:
+        grant = Grant() if catalog is None else catalog.grant_for(entitlement)
+        if grant is not None:
+            counted.append((entitlement, grant))
+    active = [grant for entitlement, grant in counted if grants_access(entitlement, policy, now)]
+    disputed = any(e.state is EntitlementState.DISPUTED for e, _ in counted)
     blocked = (disputed and policy.dispute_action is DisputeAction.BLOCK) or (
-        not active and bool(items) and policy.revoke_action is RevokeAction.BLOCK
+        not active and bool(counted) and policy.revoke_action is RevokeAction.BLOCK
     )
     groups: set[str] = set()
-    if groups_for is not None:
-        for entitlement in active:
-            groups.update(groups_for(entitlement))
-    return DesiredMember(paid=bool(active), blocked=blocked, groups=frozenset(groups))
+    for grant in active:
+        groups.update(grant.groups)
+    if active and catalog is not None:
+        groups.update(catalog.default_groups)
+    return DesiredMember(
+        paid=any(grant.paid for grant in active), blocked=blocked, groups=frozenset(groups)
+    )
 
 
 def plan_changes(

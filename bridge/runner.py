@@ -32,8 +32,7 @@ def gunicorn_command(host: str, port: int) -> list[str]:
         f"{host}:{port}",
         "--workers",
         "2",
-        "--access-logfile",
-        "-",
+        # No gunicorn access log: the app logs requests with the Gumroad token masked.
         "bridge.app:create_app()",
     ]
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bridge.errors import SettingsError
+from bridge.membership import DisputeAction, Policy, RevokeAction
 from bridge.retry import RetryPolicy
 
 # Where Sotion's v1 API lives (the docs also show /v1; the URL is configuration).
@@ -22,9 +24,7 @@ SOTION_FLAVORS = ("v1", "legacy")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
-
-class SettingsError(ValueError):
-    """A configuration value is missing or malformed; the message names the variable."""
+__all__ = ["Settings", "SettingsError", "policy", "retry_policy"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,12 @@ class Settings:
     stripe_api_base: str | None = None
     products_file: Path | None = None
     accept_test_events: bool = False
+    lemonsqueezy_api_base: str = "https://api.lemonsqueezy.com"
+    gumroad_api_base: str = "https://api.gumroad.com"
+    on_end: RevokeAction = RevokeAction.UNPAID
+    on_dispute: DisputeAction = DisputeAction.BLOCK
+    past_due_grace_days: float | None = None
+    unblock_manual: bool = False
     max_body_bytes: int = 1024 * 1024
     retry_attempts: int = 10
     retry_base_seconds: float = 5.0
@@ -78,7 +84,19 @@ class Settings:
             gumroad_webhook_token=env.secret("GUMROAD_WEBHOOK_TOKEN"),
             gumroad_seller_id=env.get("GUMROAD_SELLER_ID"),
             gumroad_access_token=env.secret("GUMROAD_ACCESS_TOKEN"),
+            lemonsqueezy_api_base=env.url("LEMONSQUEEZY_API_BASE", schemes=("http", "https"))
+            or "https://api.lemonsqueezy.com",
+            gumroad_api_base=env.url("GUMROAD_API_BASE", schemes=("http", "https"))
+            or "https://api.gumroad.com",
             products_file=env.path("BRIDGE_PRODUCTS"),
+            on_end=RevokeAction(
+                env.choice("BRIDGE_ON_END", ("UNPAID", "BLOCK"), default="UNPAID").lower()
+            ),
+            on_dispute=DisputeAction(
+                env.choice("BRIDGE_ON_DISPUTE", ("BLOCK", "REVOKE"), default="BLOCK").lower()
+            ),
+            past_due_grace_days=env.optional_number("BRIDGE_PAST_DUE_GRACE_DAYS", least=0),
+            unblock_manual=env.boolean("BRIDGE_UNBLOCK_MANUAL", default=False),
             accept_test_events=env.boolean("BRIDGE_ACCEPT_TEST_EVENTS", default=False),
             max_body_bytes=int(env.number("BRIDGE_MAX_BODY_BYTES", default=1024 * 1024, least=1)),
             retry_attempts=int(env.number("BRIDGE_RETRY_ATTEMPTS", default=10, least=0)),
@@ -184,6 +202,12 @@ class _Env:
             raise SettingsError(f"{name} must be at least {least:g}")
         return number
 
+    def optional_number(self, name: str, *, least: float) -> float | None:
+        """A number no smaller than ``least``, or None when unset."""
+        if self.get(name) is None:
+            return None
+        return self.number(name, default=0.0, least=least)
+
     def choice(self, name: str, choices: tuple[str, ...], *, default: str) -> str:
         """One of ``choices`` (case-insensitive)."""
         value = self.get(name)
@@ -214,3 +238,15 @@ class _Env:
 def retry_policy(settings: Settings) -> RetryPolicy:
     """The job retry policy the settings describe."""
     return RetryPolicy(attempts=settings.retry_attempts, base_seconds=settings.retry_base_seconds)
+
+
+def policy(settings: Settings) -> Policy:
+    """The operator's membership policy the settings describe."""
+    grace = settings.past_due_grace_days
+    return Policy(
+        revoke_action=settings.on_end,
+        dispute_action=settings.on_dispute,
+        past_due_keeps_access=grace is None or grace > 0,
+        past_due_grace_seconds=None if grace is None else grace * 86400,
+        unblock_manual_blocks=settings.unblock_manual,
+    )

@@ -40,19 +40,36 @@ class StripeAPI:
         """The Charge as it is now."""
         return self._call(self._client.v1.charges.retrieve, charge_id)
 
+    def checkout_products(self, session_id: str) -> tuple[str, ...]:
+        """Price and product ids of a Checkout Session's line items."""
+        try:
+            page = self._client.v1.checkout.sessions.line_items.list(session_id, {"limit": 100})
+        except stripe.StripeError as exc:
+            raise _api_error(exc) from exc
+        found: list[str] = []
+        for item in page.to_dict().get("data", []):
+            price = item.get("price") or {}
+            for value in (price.get("id"), price.get("product")):
+                if isinstance(value, str) and value not in found:
+                    found.append(value)
+        return tuple(found)
+
     @staticmethod
     def _call(method: Any, object_id: str) -> dict[str, Any]:
         try:
             result = method(object_id)
         except stripe.StripeError as exc:
-            status = getattr(exc, "http_status", None)
-            retryable = (
-                isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError)
-                or status is None
-                or status >= 500
-            )
-            raise ProviderAPIError(
-                f"Stripe API {type(exc).__name__} status={status}", retryable=retryable
-            ) from exc
+            raise _api_error(exc) from exc
         data = result.to_dict()
         return data if isinstance(data, dict) else {}
+
+
+def _api_error(exc: stripe.StripeError) -> ProviderAPIError:
+    """Connection trouble, 429 and 5xx may pass; other answers will not."""
+    status = getattr(exc, "http_status", None)
+    retryable = (
+        isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError)
+        or status is None
+        or status >= 500
+    )
+    return ProviderAPIError(f"Stripe API {type(exc).__name__} status={status}", retryable=retryable)

@@ -8,7 +8,7 @@ import logging
 import time
 
 import redis
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -16,7 +16,7 @@ from bridge import metrics
 from bridge.app import current_bridge
 from bridge.errors import BridgeError, ProviderDisabledError
 from bridge.events import MembershipEvent
-from bridge.providers import stripe
+from bridge.providers import gumroad, lemonsqueezy, stripe
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,32 @@ def stripe_webhook() -> ResponseReturnValue:
     stripe.verify(raw, request.headers.get("Stripe-Signature"), secrets, now=time.time())
     events = stripe.parse(stripe.load(raw))
     return _accept(stripe.PROVIDER, events)
+
+
+@bp.post("/webhooks/lemonsqueezy")
+def lemonsqueezy_webhook() -> ResponseReturnValue:
+    """Lemon Squeezy: ``X-Signature``, the hex HMAC-SHA256 of the raw body."""
+    secrets = current_bridge().settings.lemonsqueezy_webhook_secrets
+    if not secrets:
+        raise ProviderDisabledError("Lemon Squeezy webhooks are not configured on this bridge")
+    raw = _raw_body()
+    lemonsqueezy.verify(raw, request.headers.get("X-Signature"), secrets)
+    events = lemonsqueezy.parse(lemonsqueezy.load(raw))
+    return _accept(lemonsqueezy.PROVIDER, events)
+
+
+@bp.post("/webhooks/gumroad/<token>")
+def gumroad_webhook(token: str) -> ResponseReturnValue:
+    """Gumroad: unsigned pings, authenticated by the secret token in the URL."""
+    settings = current_bridge().settings
+    if not settings.gumroad_webhook_token:
+        raise ProviderDisabledError("Gumroad pings are not configured on this bridge")
+    gumroad.verify(token, settings.gumroad_webhook_token)
+    raw = _raw_body()
+    payload = gumroad.load(raw, request.mimetype)
+    # Refunds and disputes carry only the sale's time: date them by their arrival.
+    events = gumroad.parse(payload, seller_id=settings.gumroad_seller_id, received_at=time.time())
+    return _accept(gumroad.PROVIDER, events)
 
 
 @bp.get("/healthz")
@@ -73,7 +99,13 @@ def _raw_body() -> bytes:
 def _accept(provider: str, events: list[MembershipEvent]) -> ResponseReturnValue:
     """Queue the events the bridge applies; 200 only once they are all in Redis."""
     bridge = current_bridge()
-    wanted = [e for e in events if bridge.settings.accept_test_events or not e.test_mode]
+    catalog = bridge.catalog
+    wanted = [
+        event
+        for event in events
+        if (bridge.settings.accept_test_events or not event.test_mode)
+        and not (catalog is not None and catalog.ignores(event.provider, event.products))
+    ]
     result = bridge.intake.submit(wanted)
     ignored = len(events) - len(wanted)
     outcome = "queued" if result.queued else "duplicate" if result.duplicates else "ignored"
@@ -87,6 +119,31 @@ def _accept(provider: str, events: list[MembershipEvent]) -> ResponseReturnValue
         duplicates=len(result.duplicates),
         ignored=ignored,
     )
+
+
+@bp.before_app_request
+def _start_timer() -> None:
+    g.started = time.monotonic()
+
+
+@bp.after_app_request
+def _log_request(response: Response) -> Response:
+    """The access log, written here so the Gumroad token in the path is never logged."""
+    elapsed = (time.monotonic() - g.get("started", time.monotonic())) * 1000
+    log.info(
+        "request method=%s path=%s status=%s ms=%.1f",
+        request.method,
+        _masked_path(),
+        response.status_code,
+        elapsed,
+    )
+    return response
+
+
+def _masked_path() -> str:
+    if request.path.startswith("/webhooks/gumroad/"):
+        return "/webhooks/gumroad/***"
+    return request.path
 
 
 @bp.app_errorhandler(BridgeError)

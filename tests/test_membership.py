@@ -18,6 +18,7 @@ from bridge.membership import (
     desired_member,
     plan_changes,
 )
+from bridge.products import parse_catalog
 
 ACTIVE = EntitlementState.ACTIVE
 ENDED = EntitlementState.ENDED
@@ -43,9 +44,15 @@ def entitlement(
     )
 
 
-def groups_for(item: Entitlement) -> Iterable[str]:
-    """The access groups of an entitlement's products (the products file's job)."""
-    return [group for product in item.products for group in GROUPS.get(product, ())]
+# The same mapping as a products file gives it.
+CATALOG = parse_catalog(
+    {
+        "products": [
+            {"name": name, "stripe_products": [name], "groups": list(groups)}
+            for name, groups in GROUPS.items()
+        ]
+    }
+)
 
 
 def member(paid: bool, blocked: bool = False, groups: Iterable[str] = ()) -> MemberSnapshot:
@@ -120,7 +127,7 @@ def test_groups_are_the_union_of_the_active_entitlements_products_groups() -> No
         entitlement(ENDED, "stripe:sub_3", ("prod_other",)),
     ]
 
-    desired = desired_member(ledger, DEFAULT, groups_for)
+    desired = desired_member(ledger, DEFAULT, CATALOG)
 
     assert desired.groups == {"g_course", "g_club", "g_forum"}
 
@@ -131,7 +138,7 @@ def test_ended_entitlements_grant_no_groups() -> None:
         entitlement(ENDED, "stripe:sub_2", ("prod_club",)),
     ]
 
-    assert desired_member(ledger, DEFAULT, groups_for).groups == {"g_course"}
+    assert desired_member(ledger, DEFAULT, CATALOG).groups == {"g_course"}
 
 
 # -- plan_changes -----------------------------------------------------------------------

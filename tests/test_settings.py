@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from bridge.membership import DisputeAction, Policy, RevokeAction
 from bridge.settings import DEFAULT_SOTION_API_URL, Settings, SettingsError
+from bridge.settings import policy as bridge_policy
 from bridge.sotion import LegacySotionClient, SotionClient, client_from_settings
 
 
@@ -71,3 +73,44 @@ def test_client_from_settings_picks_the_flavour() -> None:
 def test_client_from_settings_without_key_names_it() -> None:
     with pytest.raises(SettingsError, match="SOTION_API_KEY"):
         client_from_settings(Settings())
+
+
+def test_policies_default_to_the_design() -> None:
+    policy = bridge_policy(Settings.from_env({}))
+    assert policy == Policy()
+
+
+def test_policies_are_read_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "BRIDGE_ON_END": "block",
+            "BRIDGE_ON_DISPUTE": "revoke",
+            "BRIDGE_PAST_DUE_GRACE_DAYS": "3",
+            "BRIDGE_UNBLOCK_MANUAL": "true",
+        }
+    )
+    policy = bridge_policy(settings)
+    assert policy.revoke_action is RevokeAction.BLOCK
+    assert policy.dispute_action is DisputeAction.REVOKE
+    assert policy.past_due_grace_seconds == 3 * 86400
+    assert policy.unblock_manual_blocks is True
+
+
+def test_zero_grace_days_revoke_past_due_at_once() -> None:
+    policy = bridge_policy(Settings.from_env({"BRIDGE_PAST_DUE_GRACE_DAYS": "0"}))
+    assert policy.past_due_keeps_access is False
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"BRIDGE_ON_END": "delete"}, "BRIDGE_ON_END"),
+        ({"BRIDGE_ON_DISPUTE": "ignore"}, "BRIDGE_ON_DISPUTE"),
+        ({"BRIDGE_PAST_DUE_GRACE_DAYS": "-1"}, "BRIDGE_PAST_DUE_GRACE_DAYS"),
+        ({"BRIDGE_PAST_DUE_GRACE_DAYS": "soon"}, "BRIDGE_PAST_DUE_GRACE_DAYS"),
+        ({"BRIDGE_UNBLOCK_MANUAL": "perhaps"}, "BRIDGE_UNBLOCK_MANUAL"),
+    ],
+)
+def test_bad_policies_fail_naming_the_variable(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(environ)

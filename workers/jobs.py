@@ -27,6 +27,16 @@ def apply_membership_event(payload: dict[str, Any]) -> dict[str, Any]:
     return outcome
 
 
+def resync_member(email: str) -> dict[str, Any]:
+    """Bring one member in line with their ledger (scheduled when a grace runs out)."""
+    try:
+        actions = runtime.current().applier.resync(email)
+    except Exception as exc:
+        steer_retry(exc)
+        raise
+    return {"actions": actions}
+
+
 def steer_retry(exc: BaseException) -> bool:
     """Shape RQ's retry of the running job after a failure.
 

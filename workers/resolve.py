@@ -1,6 +1,6 @@
 """Who an event is about: its email and its entitlement, from the event, what earlier
 events taught the store, or the provider's API; and, where an API key allows, the
-entitlement's current state instead of the payload's (Stripe's own recommendation).
+entitlement's current state instead of the payload's (the providers' own advice).
 """
 
 from __future__ import annotations
@@ -9,17 +9,23 @@ import dataclasses
 import time
 from collections.abc import Callable
 
+from bridge.gumroad_api import GumroadAPI
+from bridge.lemonsqueezy_api import LemonSqueezyAPI
+
 from bridge.events import EntitlementState, MembershipEvent, normalize_email
+from bridge.providers import gumroad, lemonsqueezy
 from bridge.providers import stripe as stripe_provider
 from bridge.stripe_api import StripeAPI
 from workers.store import PAYMENT_REFS, Store
 
-# Event types whose state may be replaced by a fresh read of the subscription.
+# Stripe event types whose state may be replaced by a fresh read of the subscription.
 _REFRESHABLE_PREFIXES = ("customer.subscription.", "invoice.", "checkout.session.")
+# References that name a purchase of their own when nothing maps them elsewhere.
+_STANDALONE_REFS = ("payment_intent", "charge", "order", "sale")
 
 
 class UnresolvedError(Exception):
-    """The event cannot be tied to an email; retrying will not help."""
+    """The event cannot be tied to an email or product; retrying will not help."""
 
     retryable = False
 
@@ -32,10 +38,16 @@ class Resolver:
         store: Store,
         *,
         stripe_api: StripeAPI | None = None,
+        lemonsqueezy_api: LemonSqueezyAPI | None = None,
+        gumroad_api: GumroadAPI | None = None,
+        needs_products: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.stripe_api = stripe_api
+        self.lemonsqueezy_api = lemonsqueezy_api
+        self.gumroad_api = gumroad_api
+        self.needs_products = needs_products
         self._clock = clock
 
     def entitlement(self, event: MembershipEvent) -> str | None:
@@ -48,7 +60,7 @@ class Resolver:
                 known = self.store.entitlement_for(event.provider, ref)
                 if known:
                     return known
-        for name in ("payment_intent", "charge"):
+        for name in _STANDALONE_REFS:
             ref = event.refs.get(name)
             if ref:
                 return f"{event.provider}:{ref}"
@@ -58,8 +70,7 @@ class Resolver:
         """The buyer's email, or None when no source knows it."""
         if event.email:
             return event.email
-        refs = [event.customer, *event.refs.values()]
-        for ref in refs:
+        for ref in [event.customer, *event.refs.values()]:
             if ref:
                 known = self.store.email_for(event.provider, ref)
                 if known:
@@ -88,21 +99,78 @@ class Resolver:
         )
 
     def refresh(self, event: MembershipEvent, entitlement: str | None) -> MembershipEvent:
-        """The event with the subscription's current state, when the Stripe API is set."""
-        if (
-            self.stripe_api is None
-            or entitlement is None
-            or not entitlement.startswith(f"{stripe_provider.PROVIDER}:sub_")
-            or not event.event_type.startswith(_REFRESHABLE_PREFIXES)
-            or event.state is EntitlementState.PENDING
-        ):
+        """The event with the purchase's current state where a provider API is set."""
+        if entitlement is None or event.state in (None, EntitlementState.DISPUTED):
             return event
-        subscription = self.stripe_api.subscription(entitlement.partition(":")[2])
+        if event.provider == stripe_provider.PROVIDER:
+            return self._refresh_stripe(event, entitlement)
+        if event.provider == lemonsqueezy.PROVIDER and self.lemonsqueezy_api is not None:
+            return self._refresh_lemonsqueezy(event, entitlement, self.lemonsqueezy_api)
+        if event.provider == gumroad.PROVIDER and self.gumroad_api is not None:
+            return self._confirm_gumroad(event, self.gumroad_api)
+        return event
+
+    def _refresh_stripe(self, event: MembershipEvent, entitlement: str) -> MembershipEvent:
+        api = self.stripe_api
+        is_subscription = entitlement.startswith(f"{stripe_provider.PROVIDER}:sub_")
+        if (
+            api is not None
+            and is_subscription
+            and event.event_type.startswith(_REFRESHABLE_PREFIXES)
+            and event.state is not EntitlementState.PENDING
+        ):
+            subscription = api.subscription(entitlement.partition(":")[2])
+            event = dataclasses.replace(
+                event,
+                state=stripe_provider.subscription_state(subscription),
+                products=stripe_provider.subscription_products(subscription) or event.products,
+                occurred_at=max(event.occurred_at, self._clock()),
+            )
+        session = event.refs.get("checkout_session")
+        if self.needs_products and not event.products and session and not is_subscription:
+            # A one-time Checkout payload names no product; the products file needs one.
+            if api is None:
+                raise UnresolvedError(
+                    f"cannot tell which product checkout {session} sold: the products file "
+                    "needs it and Checkout events do not carry it; set STRIPE_API_KEY"
+                )
+            event = dataclasses.replace(event, products=api.checkout_products(session))
+        return event
+
+    def _refresh_lemonsqueezy(
+        self, event: MembershipEvent, entitlement: str, api: LemonSqueezyAPI
+    ) -> MembershipEvent:
+        kind, _, ident = entitlement.partition(":")[2].partition("_")
+        if kind == "sub":
+            attributes = api.subscription(ident)
+            state: EntitlementState | None = lemonsqueezy.subscription_state(attributes)
+        elif kind == "order":
+            attributes = api.order(ident)
+            state = lemonsqueezy.order_state(attributes)
+        else:
+            return event
+        if state is None:
+            return event
+        products = tuple(
+            f"{name}:{attributes[key]}"
+            for name, key in (("product", "product_id"), ("variant", "variant_id"))
+            if attributes.get(key) is not None
+        )
         return dataclasses.replace(
             event,
-            state=stripe_provider.subscription_state(subscription),
-            products=stripe_provider.subscription_products(subscription) or event.products,
+            state=state,
+            products=products or event.products,
             occurred_at=max(event.occurred_at, self._clock()),
+        )
+
+    def _confirm_gumroad(self, event: MembershipEvent, api: GumroadAPI) -> MembershipEvent:
+        """Grant only what Gumroad's API confirms (pings are not signed)."""
+        sale_id = event.refs.get("sale")
+        if event.state is not EntitlementState.ACTIVE or not sale_id:
+            return event
+        state = gumroad.sale_state(api.sale(sale_id))
+        return (
+            event if state is EntitlementState.ACTIVE else dataclasses.replace(event, state=state)
         )
 
     def _stripe_email(self, event: MembershipEvent) -> str | None:

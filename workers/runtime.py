@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import redis
 
-from bridge.queues import connect
-from bridge.settings import Settings, SettingsError
+from bridge.gumroad_api import GumroadAPI
+from bridge.lemonsqueezy_api import LemonSqueezyAPI
+from bridge.products import Catalog, load_catalog
+from bridge.queues import RESYNC_JOB, bridge_queue, connect
+from bridge.settings import Settings, SettingsError, policy, retry_policy
 from bridge.sotion import SotionAPI, client_from_settings
 from bridge.stripe_api import StripeAPI
 from workers.budget import SharedBudget
+from workers.groups import resolve_groups
 from workers.resolve import Resolver
 from workers.store import Store
 from workers.sync import Applier
@@ -28,13 +34,18 @@ class Runtime:
     store: Store
     sotion: SotionAPI
     applier: Applier
+    catalog: Catalog | None
 
 
 _current: Runtime | None = None
 
 
 def build(settings: Settings, connection: redis.Redis | None = None) -> Runtime:
-    """Build the runtime; SettingsError names what is missing."""
+    """Build the runtime; SettingsError names what is missing or wrong.
+
+    With a products file, its group names are resolved against Sotion here, so a name
+    that does not exist stops the worker at start-up instead of failing every job.
+    """
     if settings.sotion_api_key is None:
         raise SettingsError("SOTION_API_KEY is required to run workers")
     connection = connection if connection is not None else connect(settings)
@@ -47,14 +58,47 @@ def build(settings: Settings, connection: redis.Redis | None = None) -> Runtime:
         rate_limit_waits=1,
         max_rate_limit_wait=INLINE_RATE_LIMIT_WAIT_SECONDS,
     )
-    stripe_api = (
-        StripeAPI(settings.stripe_api_key, api_base=settings.stripe_api_base)
+    catalog = None
+    if settings.products_file is not None:
+        catalog = resolve_groups(load_catalog(settings.products_file), sotion)
+    resolver = Resolver(
+        store,
+        stripe_api=StripeAPI(settings.stripe_api_key, api_base=settings.stripe_api_base)
         if settings.stripe_api_key
-        else None
+        else None,
+        lemonsqueezy_api=LemonSqueezyAPI(
+            settings.lemonsqueezy_api_key, api_base=settings.lemonsqueezy_api_base
+        )
+        if settings.lemonsqueezy_api_key
+        else None,
+        gumroad_api=GumroadAPI(settings.gumroad_access_token, api_base=settings.gumroad_api_base)
+        if settings.gumroad_access_token
+        else None,
+        needs_products=catalog is not None,
     )
-    resolver = Resolver(store, stripe_api=stripe_api)
-    applier = Applier(store, sotion, resolver)
-    return Runtime(settings, connection, store, sotion, applier)
+    queue = bridge_queue(connection)
+
+    def schedule_resync(email: str, at: float) -> None:
+        # One job per email and moment, however many events ask for it.
+        digest = hashlib.sha256(email.encode()).hexdigest()[:16]
+        queue.enqueue_at(
+            datetime.fromtimestamp(at, UTC),
+            RESYNC_JOB,
+            email,
+            job_id=f"resync-{digest}-{int(at)}",
+            description="re-sync after a past_due grace",
+            retry=retry_policy(settings).rq_retry(),
+        )
+
+    applier = Applier(
+        store,
+        sotion,
+        resolver,
+        policy=policy(settings),
+        catalog=catalog,
+        schedule_resync=schedule_resync,
+    )
+    return Runtime(settings, connection, store, sotion, applier, catalog)
 
 
 def configure(settings: Settings, connection: redis.Redis | None = None) -> Runtime:

@@ -4,6 +4,7 @@ Keys (all under ``bridge:``):
 - ``ledger:{email}``: hash, entitlement key -> Entitlement JSON
 - ``member:{email}``: hash, ``id`` (cached Sotion id), ``bridge_blocked``, ``groups``
 - ``email:{provider}:{ref}``: the email a customer/charge/invoice id belongs to
+- ``owner:{entitlement}``: the email whose ledger holds an entitlement (fixed at first sight)
 - ``entitlement:{provider}:{ref}``: the entitlement a payment/charge/invoice belongs to
 - ``lock:{email}``: the per-email lock that serializes Sotion calls for one member
 """
@@ -29,7 +30,15 @@ LOCK_TIMEOUT_SECONDS = 120
 # How long a job waits for another job of the same email before retrying later.
 LOCK_WAIT_SECONDS = 30
 # The references that identify an entitlement's payments (not the customer).
-PAYMENT_REFS = ("subscription", "invoice", "payment_intent", "charge", "checkout_session")
+PAYMENT_REFS = (
+    "subscription",
+    "invoice",
+    "payment_intent",
+    "charge",
+    "checkout_session",
+    "order",
+    "sale",
+)
 
 
 class LockBusyError(Exception):
@@ -59,6 +68,10 @@ class Store:
             f"{PREFIX}ledger:{email}", entitlement.key, json.dumps(entitlement.to_json())
         )
 
+    def delete_entitlement(self, email: str, key: str) -> None:
+        """Drop an entitlement folded into another (the caller holds the email's lock)."""
+        self.redis.hdel(f"{PREFIX}ledger:{email}", key)
+
     # -- aliases -------------------------------------------------------------------
 
     def learn(self, event: MembershipEvent, email: str | None, entitlement: str | None) -> None:
@@ -81,6 +94,23 @@ class Store:
                         ex=ALIAS_TTL_SECONDS,
                     )
         pipe.execute()
+
+    def claim_owner(self, entitlement: str, email: str) -> str:
+        """The email that owns an entitlement: the first one ever recorded for it.
+
+        Later events about the same purchase may name another address (a renewal
+        invoice without the checkout's email override, a customer who changed their
+        email); the purchase stays in one ledger, so ending it ends it everywhere.
+        """
+        key = f"{PREFIX}owner:{entitlement}"
+        self.redis.set(key, email, nx=True, ex=ALIAS_TTL_SECONDS)
+        owner = self.redis.get(key)
+        return as_text(owner) if owner is not None else email
+
+    def owner_of(self, entitlement: str) -> str | None:
+        """The email that owns an entitlement, if one was recorded."""
+        owner = self.redis.get(f"{PREFIX}owner:{entitlement}")
+        return as_text(owner) if owner is not None else None
 
     def email_for(self, provider: str, ref: str) -> str | None:
         """The email learned for a customer or payment id."""

@@ -8,13 +8,14 @@ calls for and the member as Sotion has it now, so a re-run makes no call twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.events import MembershipEvent, mask_email
-from bridge.ledger import Entitlement, merge
+from bridge.events import EntitlementState, MembershipEvent, mask_email
+from bridge.ledger import merge
 from bridge.membership import (
     DesiredMember,
     MemberSnapshot,
@@ -23,6 +24,7 @@ from bridge.membership import (
     desired_member,
     plan_changes,
 )
+from bridge.products import Catalog
 from bridge.sotion import (
     ConflictError,
     Member,
@@ -35,7 +37,8 @@ from workers.store import Store
 
 log = logging.getLogger(__name__)
 
-GroupsFor = Callable[[Entitlement], Iterable[str]]
+# Schedules a re-sync of an email at a Unix time (a past_due grace running out).
+ScheduleResync = Callable[[str, float], None]
 
 
 @dataclass
@@ -69,33 +72,36 @@ class Applier:
         resolver: Resolver,
         *,
         policy: Policy | None = None,
-        groups_for: GroupsFor | None = None,
+        catalog: Catalog | None = None,
+        schedule_resync: ScheduleResync | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.sotion = sotion
         self.resolver = resolver
         self.policy = policy or Policy()
-        self.groups_for = groups_for
+        self.catalog = catalog
+        self.schedule_resync = schedule_resync
+        self._clock = clock
 
     def apply(self, event: MembershipEvent) -> Outcome:
         """Merge the event into its email's ledger and sync that member to Sotion."""
         key = self.resolver.entitlement(event)
+        owner = self.store.owner_of(key) if key is not None else None
         if event.state is None:
             # Nothing changes hands; remember what the event tells us, if we can.
-            email = self.resolver.email(event)
+            email = owner or self.resolver.email(event)
             self.store.learn(event, email, key)
             return Outcome(event=event.dedupe_key, email=mask_email(email), entitlement=key)
-        email = self.resolver.require_email(event)
+        email = owner or self.resolver.require_email(event)
+        if key is not None:
+            email = self.store.claim_owner(key, email)
         self.store.learn(event, email, key)
         event = self.resolver.refresh(event, key)
         outcome = Outcome(event=event.dedupe_key, email=mask_email(email), entitlement=key)
         with self.store.email_lock(email):
             if key is not None:
-                current = self.store.entitlements(email).get(key)
-                merged = merge(current, event, key)
-                if merged is not None:
-                    self.store.save_entitlement(email, merged)
-                    outcome.ledger_changed = True
+                outcome.ledger_changed = self._record(email, key, event)
             outcome.actions = self.sync_member(email, display_name=event.display_name)
         log.info(
             "applied event=%s email=%s entitlement=%s changed=%s actions=%s",
@@ -107,12 +113,42 @@ class Applier:
         )
         return outcome
 
+    def resync(self, email: str) -> list[str]:
+        """Bring one email's member in line with its ledger (e.g. when a grace runs out)."""
+        with self.store.email_lock(email):
+            return self.sync_member(email)
+
+    def _record(self, email: str, key: str, event: MembershipEvent) -> bool:
+        """Merge the event into the ledger; True when the ledger changed."""
+        ledger = self.store.entitlements(email)
+        changed = False
+        # Another id of this same purchase may have been recorded on its own before the
+        # event tying them together arrived (a Lemon Squeezy order before its
+        # subscription): fold it into this entitlement.
+        for ref in event.refs.values():
+            other = f"{event.provider}:{ref}"
+            if other != key and other in ledger:
+                self.store.delete_entitlement(email, other)
+                changed = True
+        merged = merge(ledger.get(key), event, key)
+        if merged is None:
+            return changed
+        self.store.save_entitlement(email, merged)
+        grace = self.policy.past_due_grace_seconds
+        if (
+            merged.state is EntitlementState.PAST_DUE
+            and grace is not None
+            and self.schedule_resync is not None
+        ):
+            self.schedule_resync(email, merged.occurred_at + grace + 1)
+        return True
+
     def sync_member(self, email: str, *, display_name: str | None = None) -> list[str]:
         """Make the Sotion member match the ledger; returns the calls made (caller locks)."""
         entitlements = self.store.entitlements(email).values()
         if not entitlements:
             return []
-        desired = desired_member(entitlements, self.policy, self.groups_for)
+        desired = desired_member(entitlements, self.policy, self.catalog, now=self._clock())
         member_id, bridge_blocked, bridge_groups = self.store.member_record(email)
         need_groups = bool(desired.groups or bridge_groups)
         member = self._find(email, member_id, need_groups=need_groups)
