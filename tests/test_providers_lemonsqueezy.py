@@ -242,7 +242,7 @@ def test_every_signed_fixture_goes_through_verify_load_and_parse(path: Path) -> 
 def test_paid_order_grants_access_keyed_by_the_order() -> None:
     found = _only(fixture("order_created"))
     assert found.provider == "lemonsqueezy"
-    assert found.event_id == "order_created:orders:1:2023-01-17T12:26:23.000000Z"
+    assert found.event_id == "order_created:orders:1:2023-01-17T12:26:23.000000Z:paid"
     assert found.event_type == "order_created"
     assert found.occurred_at == parse_timestamp("2023-01-17T12:26:23Z")
     assert found.state is ACTIVE
@@ -322,7 +322,7 @@ def test_order_state_maps_each_order_status(status: Any, state: EntitlementState
 
 def test_subscription_on_trial_grants_the_subscription() -> None:
     found = _only(fixture("subscription_created"))
-    assert found.event_id == "subscription_created:subscriptions:1:2023-01-17T12:43:51.000000Z"
+    assert found.event_id == "subscription_created:subscriptions:1:2023-01-17T12:43:51.000000Z:on_trial"
     assert found.event_type == "subscription_created"
     assert found.occurred_at == parse_timestamp("2023-01-17T12:43:51Z")
     assert found.state is ACTIVE
@@ -470,6 +470,7 @@ def test_refunded_renewal_does_not_end_the_subscription() -> None:
     assert found.occurred_at == parse_timestamp("2023-01-18T12:16:24Z")
     assert found.event_id == (
         "subscription_payment_refunded:subscription-invoices:1:2023-01-18T12:16:24.000000Z"
+        ":refunded"
     )
 
 
@@ -555,7 +556,7 @@ def test_occurred_at_falls_back_to_created_at() -> None:
     del payload["data"]["attributes"]["updated_at"]
     found = _only(payload)
     assert found.occurred_at == parse_timestamp("2023-01-17T12:26:23Z")
-    assert found.event_id == "order_created:orders:1:2023-01-17T12:26:23.000000Z"
+    assert found.event_id == "order_created:orders:1:2023-01-17T12:26:23.000000Z:paid"
 
 
 @pytest.mark.parametrize(
@@ -584,6 +585,13 @@ def test_redelivered_payload_gets_the_same_event_id() -> None:
     assert first.dedupe_key == again.dedupe_key == f"lemonsqueezy:{first.event_id}"
 
 
+def test_change_of_status_within_the_same_second_gets_a_new_event_id() -> None:
+    trial = _only(fixture("subscription_created"))
+    active = _only(_with("subscription_created", status="active"))
+    assert trial.occurred_at == active.occurred_at
+    assert trial.event_id != active.event_id
+
+
 def test_change_of_updated_at_gets_a_new_event_id() -> None:
     before = _only(fixture("subscription_created"))
     later = _only(_with("subscription_created", updated_at="2023-01-17T12:43:52.000000Z"))
@@ -607,14 +615,14 @@ def test_overlong_event_id_is_replaced_by_its_sha256() -> None:
     payload = fixture("order_created")
     payload["data"]["id"] = "9" * 200
     found = _only(payload)
-    plain = f"order_created:orders:{'9' * 200}:2023-01-17T12:26:23.000000Z"
+    plain = f"order_created:orders:{'9' * 200}:2023-01-17T12:26:23.000000Z:paid"
     assert found.event_id == hashlib.sha256(plain.encode()).hexdigest()
     assert found.refs == {"order": f"order_{'9' * 200}"}
 
 
 def test_event_id_at_the_length_limit_is_kept_as_it_is() -> None:
     prefix = "order_created:orders:"
-    suffix = ":2023-01-17T12:26:23.000000Z"
+    suffix = ":2023-01-17T12:26:23.000000Z:paid"
     payload = fixture("order_created")
     payload["data"]["id"] = "1" * (lemonsqueezy.MAX_EVENT_ID_LENGTH - len(prefix) - len(suffix))
     found = _only(payload)

@@ -177,7 +177,7 @@ def _parse(payload: Mapping[str, Any]) -> list[MembershipEvent]:
     occurred_at, stamp = _when(attributes)
     base: dict[str, Any] = {
         "provider": PROVIDER,
-        "event_id": _event_id(name, kind, object_id, stamp),
+        "event_id": _event_id(name, kind, object_id, stamp, str(attributes.get("status") or "")),
         "event_type": name,
         "occurred_at": occurred_at,
         "email": _email(meta, attributes),
@@ -252,14 +252,16 @@ def _invoice(
     )
 
 
-def _event_id(name: str, kind: str, object_id: str, stamp: str) -> str:
+def _event_id(name: str, kind: str, object_id: str, stamp: str, status: str) -> str:
     """A stable id for a webhook that carries none.
 
     Lemon Squeezy sends no event or delivery id. Its retries and manual resends deliver the
     same object snapshot, so they map to the same id and merge; two distinct events about
     one object differ in their name or in the object's ``updated_at``, so they stay apart.
+    ``updated_at`` has whole seconds only: the status is part of the id too, so two
+    changes of status within one second are not merged into one.
     """
-    event_id = f"{name}:{kind}:{object_id}:{stamp}"
+    event_id = f"{name}:{kind}:{object_id}:{stamp}" + (f":{status}" if status else "")
     if len(event_id) > MAX_EVENT_ID_LENGTH:
         return hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()
     return event_id
