@@ -134,7 +134,7 @@ def plan_changes(
     when the policy allows it; groups added by hand are never removed.
     """
     if member is None:
-        if not (desired.paid or desired.blocked):
+        if not (desired.paid or desired.blocked or desired.groups):
             return Plan()  # no member and nothing to grant: do not create one
         patch: dict[str, Any] = {"status": "blocked"} if desired.blocked else {}
         return Plan(

@@ -85,11 +85,6 @@ class Catalog:
         rule = self.rule_for(entitlement.provider, entitlement.products)
         return rule.grant if rule is not None else None
 
-    def ignores(self, provider: str, products: Iterable[str]) -> bool:
-        """True for a purchase of known products that no rule lists."""
-        listed = list(products)
-        return bool(listed) and self.rule_for(provider, listed) is None
-
     def group_references(self) -> frozenset[str]:
         """Every group named or referenced by id anywhere in the file."""
         groups = set(self.default_groups)

@@ -99,13 +99,9 @@ def _raw_body() -> bytes:
 def _accept(provider: str, events: list[MembershipEvent]) -> ResponseReturnValue:
     """Queue the events the bridge applies; 200 only once they are all in Redis."""
     bridge = current_bridge()
-    catalog = bridge.catalog
-    wanted = [
-        event
-        for event in events
-        if (bridge.settings.accept_test_events or not event.test_mode)
-        and not (catalog is not None and catalog.ignores(event.provider, event.products))
-    ]
+    # Products no rule lists are ignored by the worker, which sees the whole ledger: here
+    # an unlisted price may still be the update or the end of a purchase once granted.
+    wanted = [e for e in events if bridge.settings.accept_test_events or not e.test_mode]
     result = bridge.intake.submit(wanted)
     ignored = len(events) - len(wanted)
     outcome = "queued" if result.queued else "duplicate" if result.duplicates else "ignored"

@@ -76,9 +76,6 @@ def test_unlisted_and_unknown_products(products_file: Path) -> None:
     catalog = load_catalog(products_file)
     assert catalog.grant_for(_entitlement("stripe", "price_unlisted")) is None
     assert catalog.grant_for(_entitlement("stripe")) is None
-    assert catalog.ignores("stripe", ["price_unlisted"]) is True
-    assert catalog.ignores("stripe", []) is False  # unknown yet: the worker decides
-    assert catalog.ignores("stripe", ["price_pro"]) is False
 
 
 def test_group_references_and_their_replacement_by_ids(products_file: Path) -> None:

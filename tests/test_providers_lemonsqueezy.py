@@ -322,7 +322,10 @@ def test_order_state_maps_each_order_status(status: Any, state: EntitlementState
 
 def test_subscription_on_trial_grants_the_subscription() -> None:
     found = _only(fixture("subscription_created"))
-    assert found.event_id == "subscription_created:subscriptions:1:2023-01-17T12:43:51.000000Z:on_trial"
+    assert (
+        found.event_id
+        == "subscription_created:subscriptions:1:2023-01-17T12:43:51.000000Z:on_trial"
+    )
     assert found.event_type == "subscription_created"
     assert found.occurred_at == parse_timestamp("2023-01-17T12:43:51Z")
     assert found.state is ACTIVE
@@ -469,8 +472,7 @@ def test_refunded_renewal_does_not_end_the_subscription() -> None:
     assert found.entitlement == "lemonsqueezy:sub_1"
     assert found.occurred_at == parse_timestamp("2023-01-18T12:16:24Z")
     assert found.event_id == (
-        "subscription_payment_refunded:subscription-invoices:1:2023-01-18T12:16:24.000000Z"
-        ":refunded"
+        "subscription_payment_refunded:subscription-invoices:1:2023-01-18T12:16:24.000000Z:refunded"
     )
 
 

@@ -88,6 +88,9 @@ class Applier:
         """Merge the event into its email's ledger and sync that member to Sotion."""
         key = self.resolver.entitlement(event)
         owner = self.store.owner_of(key) if key is not None else None
+        if owner is None and self._unlisted(event):
+            # A purchase of a product no rule lists, which the bridge never granted.
+            return Outcome(event=event.dedupe_key, email="-", entitlement=key)
         if event.state is None:
             # Nothing changes hands; remember what the event tells us, if we can.
             email = owner or self.resolver.email(event)
@@ -112,6 +115,14 @@ class Applier:
             ",".join(outcome.actions),
         )
         return outcome
+
+    def _unlisted(self, event: MembershipEvent) -> bool:
+        """True when a products file exists and lists none of the event's known products."""
+        return (
+            self.catalog is not None
+            and bool(event.products)
+            and self.catalog.rule_for(event.provider, event.products) is None
+        )
 
     def resync(self, email: str) -> list[str]:
         """Bring one email's member in line with its ledger (e.g. when a grace runs out)."""
