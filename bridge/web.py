@@ -169,7 +169,7 @@ def _http_error(error: HTTPException) -> ResponseReturnValue:
 
 @bp.app_errorhandler(Exception)
 def _unexpected(error: Exception) -> ResponseReturnValue:
-    log.error("unexpected error path=%s", request.path, exc_info=error)
+    log.error("unexpected error path=%s", _masked_path(), exc_info=error)
     body = {"code": "internal_error", "message": "The event was not stored; please retry"}
     return jsonify(error=body), 500
 

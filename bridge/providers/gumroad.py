@@ -147,11 +147,15 @@ def parse(
     only with the purchase time, which would make them look as old as the sale.
     """
     resource = payload.get("resource_name") or "sale"  # the settings Ping URL may omit it
+    if not isinstance(resource, str):
+        raise PayloadError("Gumroad resource_name is not a string")
+    if resource not in _SALE_RESOURCES and resource not in _SUBSCRIPTION_TIMESTAMPS:
+        return []  # a resource we do not handle: acknowledged, whoever it is for
     if seller_id is not None:
         _check_seller(payload, seller_id, resource)
     try:
         return _parse(payload, resource, received_at)
-    except (AttributeError, TypeError, ValueError, KeyError) as exc:
+    except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as exc:
         # Behind the right URL token but not shaped as documented: refuse, never crash.
         raise PayloadError(f"Gumroad ping has an unexpected shape: {type(exc).__name__}") from exc
 

@@ -129,7 +129,7 @@ def parse(payload: Mapping[str, Any]) -> list[MembershipEvent]:
     """The membership events one Lemon Squeezy webhook means (none for irrelevant events)."""
     try:
         return _parse(payload)
-    except (AttributeError, TypeError, ValueError, KeyError) as exc:
+    except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as exc:
         # Signed by Lemon Squeezy but not shaped as documented: refuse it, never crash on it.
         raise PayloadError(
             f"Lemon Squeezy event has an unexpected shape: {type(exc).__name__}"

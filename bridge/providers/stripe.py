@@ -122,7 +122,7 @@ def parse(event: Mapping[str, Any]) -> list[MembershipEvent]:
     """The membership events one Stripe event means (none for irrelevant types)."""
     try:
         return _parse(event)
-    except (AttributeError, TypeError, ValueError, KeyError) as exc:
+    except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as exc:
         # Signed by Stripe but not shaped as documented: refuse it, never crash on it.
         raise PayloadError(f"Stripe event has an unexpected shape: {type(exc).__name__}") from exc
 
