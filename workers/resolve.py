@@ -9,10 +9,9 @@ import dataclasses
 import time
 from collections.abc import Callable
 
+from bridge.events import EntitlementState, MembershipEvent, normalize_email
 from bridge.gumroad_api import GumroadAPI
 from bridge.lemonsqueezy_api import LemonSqueezyAPI
-
-from bridge.events import EntitlementState, MembershipEvent, normalize_email
 from bridge.providers import gumroad, lemonsqueezy
 from bridge.providers import stripe as stripe_provider
 from bridge.stripe_api import StripeAPI
