@@ -90,3 +90,12 @@ def merge(current: Entitlement | None, event: MembershipEvent, key: str) -> Enti
     # A newer event in the same state still moves the watermark forward, so an older
     # event delivered after it stays stale.
     return merged
+
+
+def newest(current: Entitlement | None, other: Entitlement) -> Entitlement:
+    """The later of two records of one purchase (ties: the later lifecycle stage)."""
+    if current is None:
+        return other
+    if other.occurred_at != current.occurred_at:
+        return other if other.occurred_at > current.occurred_at else current
+    return other if other.state.precedence > current.state.precedence else current

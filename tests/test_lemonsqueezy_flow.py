@@ -575,3 +575,30 @@ def test_current_subscription_status_from_the_api_wins_over_the_payload(
         (f"subscriptions/{SUBSCRIPTION_ID}", "Bearer ls_api_key"),
         (f"subscriptions/{SUBSCRIPTION_ID}", "Bearer ls_api_key"),
     ]
+
+
+def test_order_refunded_before_its_subscription_is_known_stays_refunded(
+    client: FlaskClient,
+    queue: Queue,
+    runtime: worker_runtime.Runtime,
+    sotion_api: SotionClient,
+) -> None:
+    # The order is paid and then fully refunded before subscription_created (which ties
+    # the order to its subscription) arrives with an older snapshot: folding the order
+    # into the subscription keeps the newer state, the refund.
+    order = fixture("order_created")
+    refunded = fixture("order_refunded")
+    subscription = fixture("subscription_created")
+    order_id = str(order["data"]["id"])
+    subscription["data"]["attributes"]["order_id"] = int(order_id)
+    subscription["data"]["attributes"]["status"] = "active"
+    subscription["data"]["attributes"]["user_email"] = order["data"]["attributes"]["user_email"]
+    subscription["data"]["attributes"]["updated_at"] = "2023-01-17T12:26:30.000000Z"
+    refunded["data"]["id"] = order["data"]["id"]
+    refunded["data"]["attributes"]["updated_at"] = "2023-01-17T13:00:00.000000Z"
+    for body in (order, refunded, subscription):
+        deliver(client, body)
+    drain(queue)
+    member = sotion_api.find_member_by_email(order["data"]["attributes"]["user_email"])
+    assert member is not None
+    assert member.paid is False

@@ -11,11 +11,11 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bridge.events import EntitlementState, MembershipEvent, mask_email
-from bridge.ledger import merge
+from bridge.ledger import merge, newest
 from bridge.membership import (
     DesiredMember,
     MemberSnapshot,
@@ -132,18 +132,20 @@ class Applier:
     def _record(self, email: str, key: str, event: MembershipEvent) -> bool:
         """Merge the event into the ledger; True when the ledger changed."""
         ledger = self.store.entitlements(email)
-        changed = False
+        current = ledger.get(key)
+        folded = False
         # Another id of this same purchase may have been recorded on its own before the
         # event tying them together arrived (a Lemon Squeezy order before its
-        # subscription): fold it into this entitlement.
+        # subscription): fold it into this entitlement, keeping the newer state.
         for ref in event.refs.values():
-            other = f"{event.provider}:{ref}"
-            if other != key and other in ledger:
-                self.store.delete_entitlement(email, other)
-                changed = True
-        merged = merge(ledger.get(key), event, key)
+            other = ledger.get(f"{event.provider}:{ref}")
+            if other is not None and other.key != key:
+                current = newest(current, replace(other, key=key))
+                self.store.delete_entitlement(email, other.key)
+                folded = True
+        merged = merge(current, event, key) or (current if folded else None)
         if merged is None:
-            return changed
+            return False
         self.store.save_entitlement(email, merged)
         grace = self.policy.past_due_grace_seconds
         if (
