@@ -10,7 +10,7 @@ from rq import Queue
 
 from bridge import logs
 from bridge.intake import Intake
-from bridge.products import Catalog, load_catalog
+from bridge.products import load_catalog
 from bridge.queues import bridge_queue, connect
 from bridge.settings import Settings, retry_policy
 
@@ -23,7 +23,6 @@ class Bridge:
     redis: redis.Redis
     queue: Queue
     intake: Intake
-    catalog: Catalog | None
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -33,8 +32,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("bridge")
     # One byte over the limit, so web._raw_body can tell a truncated chunked body.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
-    # The products file is validated here too, so a broken one stops the web at start-up.
-    catalog = load_catalog(settings.products_file) if settings.products_file else None
+    if settings.products_file is not None:
+        # Only validated here, so a broken file stops the web at start-up; workers apply it.
+        load_catalog(settings.products_file)
     connection = connect(settings)
     queue = bridge_queue(connection)
     app.extensions["bridge"] = Bridge(
@@ -42,7 +42,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         redis=connection,
         queue=queue,
         intake=Intake(queue, retry_policy(settings)),
-        catalog=catalog,
     )
     from bridge.web import bp
 
