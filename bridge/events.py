@@ -17,7 +17,6 @@ class EntitlementState(StrEnum):
     ACTIVE = "active"  # paid and current: grants access
     PAST_DUE = "past_due"  # renewal failed, provider retrying: access per grace policy
     ENDED = "ended"  # cancelled, expired, refunded: no access
-    DISPUTED = "disputed"  # charged back: the dispute action applies
 
     @property
     def precedence(self) -> int:
@@ -30,7 +29,28 @@ _PRECEDENCE = {
     EntitlementState.ACTIVE: 1,
     EntitlementState.PAST_DUE: 2,
     EntitlementState.ENDED: 3,
-    EntitlementState.DISPUTED: 4,
+}
+
+
+class DisputeState(StrEnum):
+    """Where one dispute of a payment stands (Stripe's statuses, Gumroad's pings)."""
+
+    INQUIRY = "inquiry"  # an inquiry or retrieval: no funds withdrawn, not a chargeback
+    OPEN = "open"  # a formal dispute (chargeback): funds withdrawn, not decided yet
+    WON = "won"  # decided for the seller, or an inquiry closed without a chargeback
+    LOST = "lost"  # decided for the buyer: the chargeback stands
+
+    @property
+    def precedence(self) -> int:
+        """Tie-breaker for equal timestamps: the later stage wins (lost over won)."""
+        return _DISPUTE_PRECEDENCE[self]
+
+
+_DISPUTE_PRECEDENCE = {
+    DisputeState.INQUIRY: 0,
+    DisputeState.OPEN: 1,
+    DisputeState.WON: 2,
+    DisputeState.LOST: 3,
 }
 
 
@@ -38,9 +58,12 @@ _PRECEDENCE = {
 class MembershipEvent:
     """One provider event, normalized.
 
-    ``state`` None means the event changes no entitlement but teaches the ledger
-    something (e.g. which email a customer id belongs to). ``entitlement`` None means
-    the entitlement must be resolved from ``refs`` (e.g. a dispute names only a charge).
+    ``state`` is the entitlement's lifecycle (None: the event says nothing about it);
+    ``dispute`` is where a dispute of one of its payments stands, kept apart from the
+    lifecycle so a chargeback and a cancellation arriving in any order end the same. With
+    both None the event changes no entitlement but teaches the ledger something (e.g.
+    which email a customer id belongs to). ``entitlement`` None means the entitlement
+    must be resolved from ``refs`` (e.g. a dispute names only a charge).
     """
 
     provider: str
@@ -55,11 +78,25 @@ class MembershipEvent:
     refs: Mapping[str, str] = field(default_factory=dict)
     display_name: str | None = None
     test_mode: bool = False
-    clears_dispute: bool = False  # a dispute was decided in the seller's favour
+    dispute: DisputeState | None = None
 
     def __post_init__(self) -> None:
         if self.email is not None:
             object.__setattr__(self, "email", normalize_email(self.email))
+
+    @property
+    def dispute_id(self) -> str:
+        """Which dispute ``dispute`` is about: the dispute's id, else the disputed payment."""
+        for name in ("dispute", "charge", "sale", "payment_intent", "order"):
+            ref = self.refs.get(name)
+            if ref:
+                return ref
+        return self.event_id
+
+    @property
+    def changes_entitlement(self) -> bool:
+        """True when the event says something about an entitlement's lifecycle or disputes."""
+        return self.state is not None or self.dispute is not None
 
     @property
     def dedupe_key(self) -> str:
@@ -81,13 +118,18 @@ class MembershipEvent:
             "refs": dict(self.refs),
             "display_name": self.display_name,
             "test_mode": self.test_mode,
-            "clears_dispute": self.clears_dispute,
+            "dispute": self.dispute.value if self.dispute is not None else None,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> MembershipEvent:
         """Rebuild an event from :meth:`to_json` output."""
         state = data.get("state")
+        dispute = data.get("dispute")
+        if state == "disputed":  # queued before disputes were kept apart from the lifecycle
+            state, dispute = None, DisputeState.OPEN.value
+        elif data.get("clears_dispute"):
+            dispute = DisputeState.WON.value
         return cls(
             provider=str(data["provider"]),
             event_id=str(data["event_id"]),
@@ -101,7 +143,7 @@ class MembershipEvent:
             refs=dict(data.get("refs") or {}),
             display_name=data.get("display_name"),
             test_mode=bool(data.get("test_mode", False)),
-            clears_dispute=bool(data.get("clears_dispute", False)),
+            dispute=DisputeState(dispute) if dispute is not None else None,
         )
 
 

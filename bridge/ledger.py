@@ -1,15 +1,39 @@
 """The entitlement ledger: what each email has bought, merged so stale events never win.
 
+An entitlement holds two registers, each merged on its own so that any order of
+delivery ends in the same value:
+- its lifecycle (pending, active, past_due, ended), from the newest event that names one;
+- its disputes, one register per dispute (a subscription's renewals can each be disputed),
+  from the newest event about that dispute.
+
+Both registers follow the same rule: an older event is stale and ignored; equal
+timestamps (Stripe's are whole seconds) are not strict: the later stage wins.
+
 Pure functions over values; the Redis storage lives in ``workers/store.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from bridge.events import EntitlementState, MembershipEvent
+from bridge.events import DisputeState, EntitlementState, MembershipEvent
+
+# The register of a dispute stored before disputes had ids.
+LEGACY_DISPUTE = "legacy"
+# The lifecycle of an entitlement first seen through a dispute: unknown, granting nothing,
+# older than any real event (which therefore replaces it).
+UNKNOWN_AT = 0.0
+
+
+@dataclass(frozen=True)
+class Dispute:
+    """The latest known state of one dispute of one entitlement's payments."""
+
+    id: str
+    state: DisputeState
+    at: float
 
 
 @dataclass(frozen=True)
@@ -22,10 +46,11 @@ class Entitlement:
     occurred_at: float
     event_id: str
     products: tuple[str, ...] = ()
+    disputes: tuple[Dispute, ...] = ()  # sorted by id
 
     def to_json(self) -> dict[str, Any]:
         """JSON-serializable form for storage."""
-        return {
+        data: dict[str, Any] = {
             "key": self.key,
             "provider": self.provider,
             "state": self.state.value,
@@ -33,69 +58,129 @@ class Entitlement:
             "event_id": self.event_id,
             "products": list(self.products),
         }
+        if self.disputes:
+            data["disputes"] = {d.id: {"state": d.state.value, "at": d.at} for d in self.disputes}
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Entitlement:
-        """Rebuild from :meth:`to_json` output."""
+        """Rebuild from :meth:`to_json` output (and the older single-state form)."""
+        state = str(data["state"])
+        occurred_at = float(data["occurred_at"])
+        disputes = tuple(
+            sorted(
+                (
+                    Dispute(str(ident), DisputeState(mark["state"]), float(mark["at"]))
+                    for ident, mark in (data.get("disputes") or {}).items()
+                ),
+                key=lambda d: d.id,
+            )
+        )
+        if state == "disputed":  # stored before disputes were kept apart from the lifecycle
+            disputes = (Dispute(LEGACY_DISPUTE, DisputeState.OPEN, occurred_at),)
+            state = EntitlementState.ACTIVE.value
         return cls(
             key=str(data["key"]),
             provider=str(data["provider"]),
-            state=EntitlementState(data["state"]),
-            occurred_at=float(data["occurred_at"]),
+            state=EntitlementState(state),
+            occurred_at=occurred_at,
             event_id=str(data["event_id"]),
             products=tuple(data.get("products") or ()),
+            disputes=disputes,
         )
+
+    def dispute(self, ident: str) -> Dispute | None:
+        """The register of one dispute, if any event named it."""
+        return next((d for d in self.disputes if d.id == ident), None)
 
 
 def merge(current: Entitlement | None, event: MembershipEvent, key: str) -> Entitlement | None:
     """The entitlement after ``event``, or None when the event changes nothing.
 
-    An event older than what the ledger holds is stale and ignored. Equal timestamps
-    (Stripe's are whole seconds) are not strict: the later lifecycle stage wins, so a
-    ``created``/``updated`` pair from the same second ends in the right state. A
-    dispute stands until an event says it was won.
+    The lifecycle moves only for an event at least as new as the one it holds (a newer
+    event in the same state still moves the watermark, so an older one delivered after
+    it stays stale). A dispute's register moves the same way, on its own clock.
     """
-    if event.state is None:
+    if not event.changes_entitlement:
         return None
-    if (
-        current is not None
-        and current.state is EntitlementState.DISPUTED
-        and event.state is not EntitlementState.DISPUTED
-        and not event.clears_dispute
-    ):
-        return None  # a chargeback stands until it is decided, whatever renewals say
-    if current is not None:
-        if event.occurred_at < current.occurred_at:
-            return None
-        if (
-            event.occurred_at == current.occurred_at
-            and event.state.precedence < current.state.precedence
-        ):
-            return None
-    products = event.products or (current.products if current is not None else ())
-    merged = Entitlement(
+    base = current or Entitlement(
         key=key,
         provider=event.provider,
-        state=event.state,
-        occurred_at=event.occurred_at,
-        event_id=event.event_id,
-        products=products,
+        state=EntitlementState.PENDING,
+        occurred_at=UNKNOWN_AT,
+        event_id="",
     )
-    if (
-        current is not None
-        and (current.state, current.products) == (merged.state, products)
-        and event.occurred_at <= current.occurred_at
-    ):
-        return None  # a replay: nothing new
-    # A newer event in the same state still moves the watermark forward, so an older
-    # event delivered after it stays stale.
+    merged = replace(base, key=key)
+    if event.state is not None and _replaces_lifecycle(base, event):
+        merged = replace(
+            merged,
+            state=event.state,
+            occurred_at=event.occurred_at,
+            event_id=event.event_id,
+            products=event.products or base.products,
+        )
+    elif event.state is None and event.products and not base.products:
+        merged = replace(merged, products=event.products)
+    if event.dispute is not None:
+        merged = _merge_dispute(merged, event.dispute_id, event.dispute, event.occurred_at)
+        if merged.dispute(LEGACY_DISPUTE) is not None:
+            # Stored before disputes had ids: any decision about this purchase decides it.
+            merged = _merge_dispute(merged, LEGACY_DISPUTE, event.dispute, event.occurred_at)
+    if current is not None and merged == current:
+        return None  # a replay or a stale event: nothing new
     return merged
 
 
+def _merge_dispute(
+    entitlement: Entitlement, ident: str, state: DisputeState, at: float
+) -> Entitlement:
+    held = entitlement.dispute(ident)
+    if held is not None and not _wins(at, state.precedence, held.at, held.state.precedence):
+        return entitlement
+    others = [d for d in entitlement.disputes if d.id != ident]
+    disputes = sorted([*others, Dispute(ident, state, at)], key=lambda d: d.id)
+    return replace(entitlement, disputes=tuple(disputes))
+
+
+def _replaces_lifecycle(held: Entitlement, event: MembershipEvent) -> bool:
+    """Whether the event's lifecycle replaces the one held.
+
+    Newer wins; at the same time, the later stage wins. An exact tie (same time and
+    state) changes nothing unless it names other products, and then the greater event
+    id wins, so the outcome never depends on which of the two arrived first.
+    """
+    assert event.state is not None
+    if event.occurred_at != held.occurred_at or event.state is not held.state:
+        return _wins(
+            event.occurred_at, event.state.precedence, held.occurred_at, held.state.precedence
+        )
+    products = event.products or held.products
+    return products != held.products and event.event_id > held.event_id
+
+
+def _wins(at: float, precedence: int, held_at: float, held_precedence: int) -> bool:
+    """Whether an observation at ``at`` replaces the one held (ties: the later stage)."""
+    if at != held_at:
+        return at > held_at
+    return precedence >= held_precedence
+
+
 def newest(current: Entitlement | None, other: Entitlement) -> Entitlement:
-    """The later of two records of one purchase (ties: the later lifecycle stage)."""
+    """Two records of one purchase folded into one: each register keeps its newer value."""
     if current is None:
         return other
-    if other.occurred_at != current.occurred_at:
-        return other if other.occurred_at > current.occurred_at else current
-    return other if other.state.precedence > current.state.precedence else current
+    if _wins(
+        other.occurred_at, other.state.precedence, current.occurred_at, current.state.precedence
+    ):
+        folded = replace(
+            current,
+            state=other.state,
+            occurred_at=other.occurred_at,
+            event_id=other.event_id,
+            products=other.products or current.products,
+        )
+    else:
+        folded = replace(current, products=current.products or other.products)
+    for dispute in other.disputes:
+        folded = _merge_dispute(folded, dispute.id, dispute.state, dispute.at)
+    return folded

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from bridge.events import EntitlementState
+from bridge.events import DisputeState, EntitlementState
 from bridge.ledger import Entitlement
 from bridge.products import Catalog, Grant
 
@@ -40,6 +40,11 @@ class Policy:
     # Seconds a past_due entitlement keeps access; None: until the provider gives up.
     past_due_grace_seconds: float | None = None
     unblock_manual_blocks: bool = False
+    # Un-pay members who were paid before the bridge met them (a comp, an import) when
+    # the purchases the bridge tracks for them end.
+    unpay_manual_paid: bool = False
+    # Inquiries (no funds withdrawn) count as disputes too.
+    inquiries_are_disputes: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class Plan:
     add_groups: frozenset[str] = frozenset()
     remove_groups: frozenset[str] = frozenset()
     bridge_blocked: bool = False  # after the plan: is a block in place that the bridge made?
+    bridge_paid: bool = False  # after the plan: is the member paid because the bridge said so?
 
     @property
     def empty(self) -> bool:
@@ -76,8 +82,22 @@ class Plan:
         return not (self.create or self.patch or self.add_groups or self.remove_groups)
 
 
+# Dispute states that always count as a dispute (an inquiry counts only if the policy says).
+_DISPUTING = frozenset({DisputeState.OPEN, DisputeState.LOST})
+
+
+def is_disputed(entitlement: Entitlement, policy: Policy) -> bool:
+    """Whether a dispute of this entitlement's payments stands (the dispute action applies)."""
+    return any(
+        d.state in _DISPUTING or (d.state is DisputeState.INQUIRY and policy.inquiries_are_disputes)
+        for d in entitlement.disputes
+    )
+
+
 def grants_access(entitlement: Entitlement, policy: Policy, now: float | None = None) -> bool:
     """Whether this entitlement, in its current state, gives access at ``now``."""
+    if is_disputed(entitlement, policy):
+        return False
     if entitlement.state is EntitlementState.ACTIVE:
         return True
     if entitlement.state is not EntitlementState.PAST_DUE or not policy.past_due_keeps_access:
@@ -105,7 +125,7 @@ def desired_member(
         if grant is not None:
             counted.append((entitlement, grant))
     active = [grant for entitlement, grant in counted if grants_access(entitlement, policy, now)]
-    disputed = any(e.state is EntitlementState.DISPUTED for e, _ in counted)
+    disputed = any(is_disputed(e, policy) for e, _ in counted)
     blocked = (disputed and policy.dispute_action is DisputeAction.BLOCK) or (
         not active and bool(counted) and policy.revoke_action is RevokeAction.BLOCK
     )
@@ -124,14 +144,16 @@ def plan_changes(
     member: MemberSnapshot | None,
     *,
     bridge_blocked: bool,
+    bridge_paid: bool = True,
     bridge_groups: frozenset[str] = frozenset(),
     policy: Policy,
 ) -> Plan:
     """The smallest set of changes; never undoes what the bridge did not do.
 
-    ``bridge_blocked`` says whether the member's current block was made by the bridge;
-    ``bridge_groups`` are the groups the bridge added. A block made by hand is lifted only
-    when the policy allows it; groups added by hand are never removed.
+    ``bridge_blocked`` says whether the member's current block was made by the bridge,
+    ``bridge_paid`` whether their ``paid=true`` was; ``bridge_groups`` are the groups the
+    bridge added. A block or a ``paid`` made by hand is undone only when the policy allows
+    it; groups added by hand are never removed.
     """
     if member is None:
         if not (desired.paid or desired.blocked or desired.groups):
@@ -142,10 +164,16 @@ def plan_changes(
             patch=patch,
             add_groups=desired.groups,
             bridge_blocked=desired.blocked,
+            bridge_paid=desired.paid,
         )
     patch = {}
-    if member.paid != desired.paid:
-        patch["paid"] = desired.paid
+    still_bridge_paid = bridge_paid and member.paid
+    if desired.paid and not member.paid:
+        patch["paid"] = True
+        still_bridge_paid = True
+    elif not desired.paid and member.paid and (bridge_paid or policy.unpay_manual_paid):
+        patch["paid"] = False
+        still_bridge_paid = False
     still_bridge_blocked = bridge_blocked and member.blocked
     if desired.blocked and not member.blocked:
         patch["status"] = "blocked"
@@ -160,4 +188,5 @@ def plan_changes(
         add_groups=desired.groups - member.groups,
         remove_groups=(bridge_groups - desired.groups) & member.groups,
         bridge_blocked=still_bridge_blocked,
+        bridge_paid=still_bridge_paid,
     )

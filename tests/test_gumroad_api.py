@@ -15,9 +15,9 @@ import requests
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import make_server
 
-from bridge.events import EntitlementState
+from bridge.events import DisputeState, EntitlementState
 from bridge.gumroad_api import GumroadAPI
-from bridge.providers.gumroad import sale_state
+from bridge.providers.gumroad import sale_dispute, sale_state
 from bridge.stripe_api import ProviderAPIError
 
 TOKEN = "gr_access_9d1f4c7b2e8a"
@@ -263,40 +263,58 @@ def test_unusable_token_is_refused_at_construction_without_echoing_it(token: str
         assert token not in str(caught.value)
 
 
-# -- sale_state ---------------------------------------------------------------------------
+# -- sale_state and sale_dispute -----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("changes", "state"),
+    ("changes", "state", "dispute"),
     [
-        pytest.param({}, EntitlementState.ACTIVE, id="documented-example"),
-        pytest.param({"refunded": False}, EntitlementState.ACTIVE, id="not-refunded"),
-        pytest.param({"refunded": True}, EntitlementState.ENDED, id="refunded"),
-        pytest.param({"partially_refunded": True}, EntitlementState.ACTIVE, id="partial-refund"),
-        pytest.param({"chargedback": True}, EntitlementState.DISPUTED, id="chargedback"),
-        pytest.param({"disputed": True}, EntitlementState.DISPUTED, id="disputed"),
+        pytest.param({}, EntitlementState.ACTIVE, None, id="documented-example"),
+        pytest.param({"refunded": False}, EntitlementState.ACTIVE, None, id="not-refunded"),
+        pytest.param({"refunded": True}, EntitlementState.ENDED, None, id="refunded"),
         pytest.param(
-            {"disputed": True, "dispute_won": True}, EntitlementState.ACTIVE, id="dispute-won"
+            {"partially_refunded": True}, EntitlementState.ACTIVE, None, id="partial-refund"
+        ),
+        pytest.param(
+            {"chargedback": True}, EntitlementState.ACTIVE, DisputeState.OPEN, id="chargedback"
+        ),
+        pytest.param({"disputed": True}, EntitlementState.ACTIVE, DisputeState.OPEN, id="disputed"),
+        pytest.param(
+            {"disputed": True, "dispute_won": True},
+            EntitlementState.ACTIVE,
+            DisputeState.WON,
+            id="dispute-won",
         ),
         pytest.param(
             {"refunded": True, "chargedback": True, "disputed": True},
-            EntitlementState.DISPUTED,
-            id="chargeback-outranks-refund",
+            EntitlementState.ENDED,
+            DisputeState.OPEN,
+            id="refunded-and-charged-back",
         ),
         pytest.param(
-            {"cancelled": True, "dead": False}, EntitlementState.ACTIVE, id="pending-cancellation"
+            {"cancelled": True, "dead": False},
+            EntitlementState.ACTIVE,
+            None,
+            id="pending-cancellation",
         ),
-        pytest.param({"cancelled": True, "dead": True}, EntitlementState.ENDED, id="cancelled"),
-        pytest.param({"dead": True}, EntitlementState.ENDED, id="failed-payment"),
-        pytest.param({"ended": True}, EntitlementState.ENDED, id="fixed-length-ended"),
-        pytest.param({"refunded": "true"}, EntitlementState.ENDED, id="form-style-boolean"),
-        pytest.param({"refunded": "false"}, EntitlementState.ACTIVE, id="form-style-false"),
-        pytest.param({"refunded": None}, EntitlementState.ACTIVE, id="null-flag"),
+        pytest.param(
+            {"cancelled": True, "dead": True}, EntitlementState.ENDED, None, id="cancelled"
+        ),
+        pytest.param({"dead": True}, EntitlementState.ENDED, None, id="failed-payment"),
+        pytest.param({"ended": True}, EntitlementState.ENDED, None, id="fixed-length-ended"),
+        pytest.param({"refunded": "true"}, EntitlementState.ENDED, None, id="form-style-boolean"),
+        pytest.param({"refunded": "false"}, EntitlementState.ACTIVE, None, id="form-style-false"),
+        pytest.param({"refunded": None}, EntitlementState.ACTIVE, None, id="null-flag"),
     ],
 )
-def test_sale_state_maps_the_api_flags(changes: dict[str, Any], state: EntitlementState) -> None:
-    assert sale_state({**DOCUMENTED_SALE, **changes}) is state
+def test_sale_state_and_sale_dispute_map_the_api_flags(
+    changes: dict[str, Any], state: EntitlementState, dispute: DisputeState | None
+) -> None:
+    sale = {**DOCUMENTED_SALE, **changes}
+    assert sale_state(sale) is state
+    assert sale_dispute(sale) is dispute
 
 
-def test_sale_state_of_a_bare_object_is_active() -> None:
+def test_sale_state_of_a_bare_object_is_active_and_undisputed() -> None:
     assert sale_state({}) is EntitlementState.ACTIVE
+    assert sale_dispute({}) is None

@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 import pytest
 
-from bridge.events import EntitlementState
-from bridge.ledger import Entitlement
+from bridge.events import DisputeState, EntitlementState
+from bridge.ledger import Dispute, Entitlement
 from bridge.membership import (
     DesiredMember,
     DisputeAction,
@@ -16,6 +16,8 @@ from bridge.membership import (
     Policy,
     RevokeAction,
     desired_member,
+    grants_access,
+    is_disputed,
     plan_changes,
 )
 from bridge.products import parse_catalog
@@ -24,16 +26,23 @@ ACTIVE = EntitlementState.ACTIVE
 ENDED = EntitlementState.ENDED
 PENDING = EntitlementState.PENDING
 PAST_DUE = EntitlementState.PAST_DUE
-DISPUTED = EntitlementState.DISPUTED
+INQUIRY = DisputeState.INQUIRY
+OPEN = DisputeState.OPEN
+WON = DisputeState.WON
+LOST = DisputeState.LOST
 DEFAULT = Policy()
 # Which access groups each product grants, for the tests that map products to groups.
 GROUPS = {"prod_course": ("g_course",), "prod_club": ("g_club", "g_forum")}
 
 
 def entitlement(
-    state: EntitlementState, key: str = "stripe:sub_1", products: tuple[str, ...] = ()
+    state: EntitlementState,
+    key: str = "stripe:sub_1",
+    products: tuple[str, ...] = (),
+    *,
+    disputes: Iterable[DisputeState] = (),
 ) -> Entitlement:
-    """One ledger entry."""
+    """One ledger entry, with one dispute register per state in ``disputes``."""
     return Entitlement(
         key=key,
         provider="stripe",
@@ -41,7 +50,13 @@ def entitlement(
         occurred_at=100.0,
         event_id=f"evt_{key}",
         products=products,
+        disputes=tuple(Dispute(f"dp_{i}", d, 200.0) for i, d in enumerate(disputes)),
     )
+
+
+def disputed(*states: DisputeState, key: str = "stripe:pi_1") -> Entitlement:
+    """An active purchase with disputes in these states."""
+    return entitlement(ACTIVE, key, disputes=states)
 
 
 # The same mapping as a products file gives it.
@@ -87,13 +102,13 @@ def test_past_due_loses_access_when_the_grace_is_turned_off() -> None:
 
 
 def test_dispute_blocks_the_member_by_default() -> None:
-    desired = desired_member([entitlement(DISPUTED)], DEFAULT)
+    desired = desired_member([disputed(OPEN)], DEFAULT)
 
     assert desired == DesiredMember(paid=False, blocked=True)
 
 
 def test_dispute_blocks_even_while_another_entitlement_is_active() -> None:
-    ledger = [entitlement(DISPUTED, "stripe:pi_1"), entitlement(ACTIVE, "stripe:sub_2")]
+    ledger = [disputed(OPEN, key="stripe:pi_1"), entitlement(ACTIVE, "stripe:sub_2")]
 
     assert desired_member(ledger, DEFAULT) == DesiredMember(paid=True, blocked=True)
 
@@ -101,9 +116,96 @@ def test_dispute_blocks_even_while_another_entitlement_is_active() -> None:
 def test_dispute_with_the_revoke_action_only_ends_access() -> None:
     policy = Policy(dispute_action=DisputeAction.REVOKE)
 
-    assert desired_member([entitlement(DISPUTED)], policy) == DesiredMember(
-        paid=False, blocked=False
-    )
+    assert desired_member([disputed(OPEN)], policy) == DesiredMember(paid=False, blocked=False)
+
+
+def test_dispute_of_an_ended_purchase_still_blocks() -> None:
+    # A cancellation during the dispute is recorded now; the dispute still applies.
+    ledger = [entitlement(ENDED, "stripe:sub_1", disputes=[OPEN])]
+
+    assert desired_member(ledger, DEFAULT) == DesiredMember(paid=False, blocked=True)
+
+
+def test_lost_dispute_keeps_the_member_blocked() -> None:
+    assert desired_member([disputed(LOST)], DEFAULT) == DesiredMember(paid=False, blocked=True)
+
+
+def test_won_dispute_lifts_the_block_and_restores_access() -> None:
+    assert desired_member([disputed(WON)], DEFAULT) == DesiredMember(paid=True, blocked=False)
+
+
+def test_won_dispute_of_an_ended_purchase_lifts_the_block_without_granting() -> None:
+    ledger = [entitlement(ENDED, disputes=[WON])]
+
+    assert desired_member(ledger, DEFAULT) == DesiredMember(paid=False, blocked=False)
+
+
+def test_one_won_dispute_does_not_lift_another_that_stands() -> None:
+    entry = disputed(WON, OPEN)
+
+    assert is_disputed(entry, DEFAULT) is True
+    assert desired_member([entry], DEFAULT) == DesiredMember(paid=False, blocked=True)
+
+
+def test_inquiry_is_ignored_by_default() -> None:
+    entry = disputed(INQUIRY)
+
+    assert is_disputed(entry, DEFAULT) is False
+    assert desired_member([entry], DEFAULT) == DesiredMember(paid=True, blocked=False)
+
+
+def test_inquiry_blocks_when_inquiries_count_as_disputes() -> None:
+    policy = Policy(inquiries_are_disputes=True)
+    entry = disputed(INQUIRY)
+
+    assert is_disputed(entry, policy) is True
+    assert desired_member([entry], policy) == DesiredMember(paid=False, blocked=True)
+
+
+def test_inquiry_counted_as_a_dispute_with_the_revoke_action_only_ends_access() -> None:
+    policy = Policy(inquiries_are_disputes=True, dispute_action=DisputeAction.REVOKE)
+
+    assert desired_member([disputed(INQUIRY)], policy) == DesiredMember(paid=False, blocked=False)
+
+
+@pytest.mark.parametrize(
+    ("states", "policy", "expected"),
+    [
+        pytest.param((), DEFAULT, False, id="no-dispute"),
+        pytest.param((OPEN,), DEFAULT, True, id="open"),
+        pytest.param((LOST,), DEFAULT, True, id="lost"),
+        pytest.param((WON,), DEFAULT, False, id="won"),
+        pytest.param((INQUIRY,), DEFAULT, False, id="inquiry"),
+        pytest.param((INQUIRY,), Policy(inquiries_are_disputes=True), True, id="inquiry-counted"),
+        pytest.param((WON, WON), DEFAULT, False, id="all-won"),
+        pytest.param((WON, LOST), DEFAULT, True, id="won-and-lost"),
+        pytest.param((INQUIRY, WON), DEFAULT, False, id="inquiry-and-won"),
+    ],
+)
+def test_is_disputed_reads_every_dispute_register(
+    states: tuple[DisputeState, ...], policy: Policy, expected: bool
+) -> None:
+    assert is_disputed(disputed(*states), policy) is expected
+
+
+def test_disputed_past_due_entitlement_grants_no_access_even_in_its_grace() -> None:
+    policy = Policy(past_due_grace_seconds=86400)
+    entry = entitlement(PAST_DUE, disputes=[OPEN])
+
+    assert grants_access(entitlement(PAST_DUE), policy, now=150.0) is True
+    assert grants_access(entry, policy, now=150.0) is False
+
+
+def test_dispute_of_an_unlisted_product_is_not_counted() -> None:
+    ledger = [
+        entitlement(ACTIVE, "stripe:sub_1", ("prod_course",)),
+        entitlement(ACTIVE, "stripe:pi_2", ("prod_other",), disputes=[OPEN]),
+    ]
+
+    desired = desired_member(ledger, DEFAULT, CATALOG)
+
+    assert desired.blocked is False
+    assert desired.paid is True
 
 
 def test_block_revoke_action_blocks_once_the_last_entitlement_ends() -> None:
@@ -149,14 +251,16 @@ def plan(
     current: MemberSnapshot | None,
     *,
     bridge_blocked: bool = False,
+    bridge_paid: bool = True,
     bridge_groups: Iterable[str] = (),
     policy: Policy = DEFAULT,
 ) -> Plan:
-    """``plan_changes`` with test defaults."""
+    """``plan_changes`` with test defaults (``bridge_paid`` as plan_changes defaults it)."""
     return plan_changes(
         desired,
         current,
         bridge_blocked=bridge_blocked,
+        bridge_paid=bridge_paid,
         bridge_groups=frozenset(bridge_groups),
         policy=policy,
     )
@@ -178,6 +282,7 @@ def test_no_member_and_access_granted_plans_a_create_with_the_groups() -> None:
     assert result.patch == {}
     assert result.add_groups == {"g_course"}
     assert result.bridge_blocked is False
+    assert result.bridge_paid is True  # the member is created paid: the bridge's doing
 
 
 def test_no_member_and_a_dispute_plans_a_blocked_create() -> None:
@@ -186,6 +291,7 @@ def test_no_member_and_a_dispute_plans_a_blocked_create() -> None:
     assert result.create is True
     assert result.patch == {"status": "blocked"}
     assert result.bridge_blocked is True
+    assert result.bridge_paid is False
 
 
 def test_member_already_matching_plans_nothing() -> None:
@@ -199,6 +305,7 @@ def test_payment_patches_only_paid() -> None:
 
     assert result.patch == {"paid": True}
     assert not result.create
+    assert result.bridge_paid is True
 
 
 def test_dispute_blocks_an_active_member_and_remembers_the_bridge_did_it() -> None:
@@ -288,3 +395,69 @@ def test_bridge_group_the_member_already_left_is_not_removed_again() -> None:
     result = plan(desired, member(paid=False), bridge_groups={"g_club"})
 
     assert result.empty
+
+
+# -- plan_changes: paid, by origin --------------------------------------------------------
+
+
+def test_member_paid_by_hand_stays_paid_when_the_purchases_end() -> None:
+    result = plan(DesiredMember(paid=False, blocked=False), member(paid=True), bridge_paid=False)
+
+    assert result.empty
+    assert result.bridge_paid is False
+
+
+def test_member_paid_by_hand_is_unpaid_when_the_policy_allows_it() -> None:
+    result = plan(
+        DesiredMember(paid=False, blocked=False),
+        member(paid=True),
+        bridge_paid=False,
+        policy=Policy(unpay_manual_paid=True),
+    )
+
+    assert result.patch == {"paid": False}
+    assert result.bridge_paid is False
+
+
+def test_paid_set_by_the_bridge_is_unpaid_when_the_purchases_end() -> None:
+    result = plan(DesiredMember(paid=False, blocked=False), member(paid=True), bridge_paid=True)
+
+    assert result.patch == {"paid": False}
+    assert result.bridge_paid is False
+
+
+def test_member_paid_by_hand_who_buys_stays_paid_by_hand() -> None:
+    # Nothing to set: the bridge did not make this paid=true, so it will not undo it.
+    result = plan(DesiredMember(paid=True, blocked=False), member(paid=True), bridge_paid=False)
+
+    assert result.empty
+    assert result.bridge_paid is False
+
+
+def test_paid_set_by_the_bridge_stays_the_bridges_while_access_lasts() -> None:
+    result = plan(DesiredMember(paid=True, blocked=False), member(paid=True), bridge_paid=True)
+
+    assert result.empty
+    assert result.bridge_paid is True
+
+
+def test_member_unpaid_by_hand_is_paid_again_while_a_purchase_grants_access() -> None:
+    result = plan(DesiredMember(paid=True, blocked=False), member(paid=False), bridge_paid=True)
+
+    assert result.patch == {"paid": True}
+    assert result.bridge_paid is True
+
+
+def test_bridge_paid_is_forgotten_once_the_member_is_no_longer_paid() -> None:
+    # Un-paid by hand while nothing grants access: nothing of the bridge's is left to undo.
+    result = plan(DesiredMember(paid=False, blocked=False), member(paid=False), bridge_paid=True)
+
+    assert result.empty
+    assert result.bridge_paid is False
+
+
+def test_dispute_of_a_member_paid_by_hand_blocks_but_leaves_paid() -> None:
+    result = plan(DesiredMember(paid=False, blocked=True), member(paid=True), bridge_paid=False)
+
+    assert result.patch == {"status": "blocked"}
+    assert (result.bridge_blocked, result.bridge_paid) == (True, False)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bridge.errors import ForbiddenError, PayloadError, SignatureError
-from bridge.events import EntitlementState, MembershipEvent, parse_timestamp
+from bridge.events import DisputeState, EntitlementState, MembershipEvent, parse_timestamp
 from bridge.ledger import Entitlement, merge
 from bridge.providers import gumroad
 
@@ -313,7 +313,7 @@ def test_one_time_sale_grants_the_sale() -> None:
     assert found.products == MEMBERS_PRODUCTS
     assert found.refs == {"sale": f"sale_{ONE_TIME_SALE}"}
     assert found.test_mode is False
-    assert found.clears_dispute is False
+    assert found.dispute is None
 
 
 def test_first_subscription_charge_grants_the_subscription() -> None:
@@ -389,15 +389,32 @@ def test_sale_pinged_after_a_full_refund_ends_the_entitlement() -> None:
     assert only(payload("sale_one_time", refunded="true")).state is EntitlementState.ENDED
 
 
-def test_sale_pinged_after_a_chargeback_applies_the_dispute_action() -> None:
-    assert only(payload("sale_one_time", disputed="true")).state is EntitlementState.DISPUTED
+def test_sale_pinged_after_a_chargeback_keeps_its_lifecycle_and_opens_the_dispute() -> None:
+    found = only(payload("sale_one_time", disputed="true"))
+    assert found.state is EntitlementState.ACTIVE
+    assert found.dispute is DisputeState.OPEN
+    assert found.dispute_id == f"sale_{ONE_TIME_SALE}"
 
 
-def test_sale_pinged_after_a_won_dispute_grants_and_clears_it() -> None:
+def test_refunded_sale_pinged_after_a_chargeback_ends_and_opens_the_dispute() -> None:
+    found = only(payload("sale_one_time", disputed="true", refunded="true"))
+    assert found.state is EntitlementState.ENDED
+    assert found.dispute is DisputeState.OPEN
+
+
+def test_sale_pinged_after_a_won_dispute_grants_and_marks_the_dispute_won() -> None:
     # Gumroad keeps disputed=true once a chargeback happened; dispute_won says how it ended.
     found = only(payload("sale_one_time", disputed="true", dispute_won="true"))
     assert found.state is EntitlementState.ACTIVE
-    assert found.clears_dispute is True
+    assert found.dispute is DisputeState.WON
+    assert found.dispute_id == f"sale_{ONE_TIME_SALE}"
+
+
+def test_renewal_pinged_after_a_chargeback_disputes_that_charge_of_the_subscription() -> None:
+    found = only(payload("sale_recurring_charge", disputed="true"))
+    assert found.entitlement == f"gumroad:sub_{SUBSCRIPTION}"
+    assert found.dispute is DisputeState.OPEN
+    assert found.dispute_id == f"sale_{RENEWAL_CHARGE}"
 
 
 # -- parse: refunds and disputes ----------------------------------------------------------
@@ -434,28 +451,38 @@ def test_refund_of_a_subscription_charge_ends_the_subscription_entitlement() -> 
     assert found.event_id == f"refund:{RENEWAL_CHARGE}"
 
 
-def test_dispute_applies_the_dispute_action() -> None:
+def test_dispute_opens_a_dispute_and_leaves_the_lifecycle_alone() -> None:
     found = only(payload("dispute"))
     assert found.event_id == f"dispute:{ONE_TIME_SALE}"
-    assert found.state is EntitlementState.DISPUTED
-    assert found.clears_dispute is False
+    assert found.state is None
+    assert found.dispute is DisputeState.OPEN
+    assert found.changes_entitlement is True
     assert found.entitlement == f"gumroad:sale_{ONE_TIME_SALE}"
+    assert found.dispute_id == f"sale_{ONE_TIME_SALE}"
+    assert found.products == MEMBERS_PRODUCTS
 
 
-def test_dispute_won_restores_access_and_clears_the_dispute() -> None:
+def test_dispute_of_a_refunded_sale_ends_it_and_opens_the_dispute() -> None:
+    found = only(payload("dispute", refunded="true"))
+    assert found.state is EntitlementState.ENDED
+    assert found.dispute is DisputeState.OPEN
+
+
+def test_dispute_won_marks_the_dispute_won_and_leaves_the_lifecycle_alone() -> None:
     found = only(payload("dispute", resource_name="dispute_won", dispute_won="true"))
     assert found.event_id == f"dispute_won:{ONE_TIME_SALE}"
     assert found.event_type == "dispute_won"
-    assert found.state is EntitlementState.ACTIVE
-    assert found.clears_dispute is True
+    assert found.state is None
+    assert found.dispute is DisputeState.WON
     assert found.entitlement == f"gumroad:sale_{ONE_TIME_SALE}"
+    assert found.dispute_id == only(payload("dispute")).dispute_id
 
 
-def test_dispute_won_on_a_refunded_sale_clears_the_dispute_without_granting() -> None:
+def test_dispute_won_on_a_refunded_sale_ends_it_and_marks_the_dispute_won() -> None:
     data = payload("dispute", resource_name="dispute_won", dispute_won="true", refunded="true")
     found = only(data)
     assert found.state is EntitlementState.ENDED
-    assert found.clears_dispute is True
+    assert found.dispute is DisputeState.WON
 
 
 def test_refunds_and_disputes_are_dated_when_received() -> None:
@@ -472,9 +499,17 @@ def test_received_at_never_dates_an_event_before_its_sale() -> None:
     assert only(payload("refund"), received_at=sold - 60).occurred_at == sold
 
 
+def _ledger(*events: MembershipEvent) -> Entitlement:
+    """The sale's entitlement after these events, in this order."""
+    key = str(events[0].entitlement)
+    held: Entitlement | None = None
+    for event in events:
+        held = merge(held, event, key) or held
+    assert held is not None
+    return held
+
+
 def test_dispute_won_lifts_the_dispute_in_the_ledger_when_dated_by_arrival() -> None:
-    # Without received_at all three share sale_timestamp and the won dispute loses the
-    # tie to DISPUTED on precedence: this is why the route should pass its clock.
     sold = ts("2026-01-05T19:38:56Z")
     sale = only(payload("sale_one_time"))
     dispute = only(payload("dispute"), received_at=sold + 3600)
@@ -482,19 +517,35 @@ def test_dispute_won_lifts_the_dispute_in_the_ledger_when_dated_by_arrival() -> 
         payload("dispute", resource_name="dispute_won", dispute_won="true"),
         received_at=sold + 7200,
     )
-    key = str(sale.entitlement)
-    held: Entitlement | None = None
-    for event in (sale, dispute, won):
-        held = merge(held, event, key) or held
-    assert held is not None
-    assert held.state is EntitlementState.ACTIVE
 
-    undated_won = only(payload("dispute", resource_name="dispute_won", dispute_won="true"))
-    tied: Entitlement | None = None
-    for event in (sale, only(payload("dispute")), undated_won):
-        tied = merge(tied, event, key) or tied
-    assert tied is not None
-    assert tied.state is EntitlementState.DISPUTED
+    held = _ledger(sale, dispute, won)
+
+    assert held.state is EntitlementState.ACTIVE
+    assert [(d.state, d.at) for d in held.disputes] == [(DisputeState.WON, sold + 7200)]
+
+
+def test_dispute_won_lifts_the_dispute_even_when_both_carry_the_sale_timestamp() -> None:
+    # Undated, both pings share sale_timestamp: the tie goes to the later stage (won).
+    sale = only(payload("sale_one_time"))
+    dispute = only(payload("dispute"))
+    won = only(payload("dispute", resource_name="dispute_won", dispute_won="true"))
+    assert dispute.occurred_at == won.occurred_at == sale.occurred_at
+
+    for order in ((sale, dispute, won), (won, dispute, sale), (dispute, won, sale)):
+        held = _ledger(*order)
+        assert held.state is EntitlementState.ACTIVE
+        assert [d.state for d in held.disputes] == [DisputeState.WON]
+
+
+def test_sale_pinged_again_after_the_dispute_keeps_it_open() -> None:
+    sold = ts("2026-01-05T19:38:56Z")
+    dispute = only(payload("dispute"), received_at=sold + 3600)
+    repinged = only(payload("sale_one_time", disputed="true"))
+
+    held = _ledger(dispute, repinged)
+
+    assert held.state is EntitlementState.ACTIVE
+    assert [d.state for d in held.disputes] == [DisputeState.OPEN]
 
 
 # -- parse: subscription resources --------------------------------------------------------
@@ -608,49 +659,84 @@ def test_unknown_resource_means_nothing() -> None:
 
 
 @pytest.mark.parametrize(
-    ("build", "state", "clears"),
+    ("build", "state", "dispute"),
     [
         pytest.param(
-            lambda: payload("sale_one_time"), EntitlementState.ACTIVE, False, id="grants-sale"
+            lambda: payload("sale_one_time"), EntitlementState.ACTIVE, None, id="grants-sale"
         ),
         pytest.param(
             lambda: payload("sale_subscription_start"),
             EntitlementState.ACTIVE,
-            False,
+            None,
             id="grants-subscription-sale",
         ),
         pytest.param(
             lambda: payload("sale_recurring_charge"),
             EntitlementState.ACTIVE,
-            False,
+            None,
             id="grants-renewal",
         ),
-        pytest.param(restarted, EntitlementState.ACTIVE, False, id="grants-subscription_restarted"),
-        pytest.param(lambda: payload("refund"), EntitlementState.ENDED, False, id="ends-refund"),
+        pytest.param(restarted, EntitlementState.ACTIVE, None, id="grants-subscription_restarted"),
+        pytest.param(lambda: payload("refund"), EntitlementState.ENDED, None, id="ends-refund"),
         pytest.param(
             lambda: payload("subscription_ended_failed_payment"),
             EntitlementState.ENDED,
-            False,
+            None,
             id="ends-subscription_ended",
         ),
-        pytest.param(
-            lambda: payload("dispute"), EntitlementState.DISPUTED, False, id="dispute-action"
-        ),
-        pytest.param(lambda: payload("cancellation"), None, False, id="keeps-cancellation"),
+        pytest.param(lambda: payload("dispute"), None, DisputeState.OPEN, id="dispute-action"),
+        pytest.param(lambda: payload("cancellation"), None, None, id="keeps-cancellation"),
         pytest.param(
             lambda: payload("dispute", resource_name="dispute_won", dispute_won="true"),
-            EntitlementState.ACTIVE,
-            True,
+            None,
+            DisputeState.WON,
             id="restores-dispute_won",
         ),
     ],
 )
-def test_design_gumroad_row(build: Any, state: EntitlementState | None, clears: bool) -> None:
+def test_design_gumroad_row(
+    build: Any, state: EntitlementState | None, dispute: DisputeState | None
+) -> None:
     found = only(build())
     assert found.state is state
-    assert found.clears_dispute is clears
+    assert found.dispute is dispute
     assert found.entitlement is not None
     assert found.email == "buyer@example.com"
+
+
+# -- sale_dispute -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sale", "dispute"),
+    [
+        pytest.param({}, None, id="bare-sale"),
+        pytest.param({"disputed": False, "dispute_won": False}, None, id="never-disputed"),
+        pytest.param({"chargedback": True}, DisputeState.OPEN, id="chargedback"),
+        pytest.param({"disputed": True}, DisputeState.OPEN, id="disputed"),
+        pytest.param({"disputed": True, "dispute_won": True}, DisputeState.WON, id="won"),
+        pytest.param(
+            {"chargedback": True, "disputed": True, "dispute_won": True},
+            DisputeState.OPEN,
+            id="chargedback-outranks-won",
+        ),
+        pytest.param({"dispute_won": True}, None, id="won-without-disputed"),
+        pytest.param({"disputed": "true"}, DisputeState.OPEN, id="form-style-boolean"),
+        pytest.param({"disputed": "false", "chargedback": None}, None, id="form-style-false"),
+        pytest.param({"refunded": True, "disputed": True}, DisputeState.OPEN, id="refunded-too"),
+    ],
+)
+def test_sale_dispute_reads_the_sales_dispute_flags(
+    sale: dict[str, Any], dispute: DisputeState | None
+) -> None:
+    assert gumroad.sale_dispute(sale) is dispute
+
+
+@pytest.mark.parametrize(
+    "sale", [{"chargedback": True}, {"disputed": True}, {"disputed": True, "dispute_won": True}]
+)
+def test_sale_state_leaves_disputes_to_sale_dispute(sale: dict[str, Any]) -> None:
+    assert gumroad.sale_state(sale) is EntitlementState.ACTIVE
 
 
 # -- parse: JSON bodies -------------------------------------------------------------------

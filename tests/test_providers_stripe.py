@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from bridge.errors import PayloadError, SignatureError
-from bridge.events import EntitlementState, MembershipEvent
+from bridge.events import DisputeState, EntitlementState, MembershipEvent
 from bridge.providers import stripe
 from tests.conftest import STRIPE_SECRET
 from tests.stripe_events import encode, event, fixture, sign
@@ -410,31 +410,84 @@ def test_partial_refund_keeps_access() -> None:
     assert found.refs == {"charge": "ch_chargeid", "payment_intent": "pm_1234"}
 
 
-def test_dispute_created_applies_the_dispute_action() -> None:
+DISPUTE_ID = "dp_1JAyTwJSZQVUcJYgPqasUEn1"
+DISPUTE_REFS = {
+    "dispute": DISPUTE_ID,
+    "charge": "ch_fakefakefakefakefake0001",
+    "payment_intent": "pi_1JAyTwJSZQVUcJYgBbsz0NuH",
+}
+DISPUTE_EVENT_TYPES = ("charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed")
+# Every status of Stripe's Dispute object, and what it means for access.
+DISPUTE_STATUSES = {
+    "warning_needs_response": DisputeState.INQUIRY,
+    "warning_under_review": DisputeState.INQUIRY,
+    "warning_closed": DisputeState.WON,
+    "needs_response": DisputeState.OPEN,
+    "under_review": DisputeState.OPEN,
+    "won": DisputeState.WON,
+    "prevented": DisputeState.WON,
+    "lost": DisputeState.LOST,
+}
+
+
+def _dispute_event(kind: str, status: str) -> dict[str, Any]:
+    """The dispute fixture as a ``kind`` event, with only the Dispute's status changed."""
+    obj = fixture("charge_dispute_created")["data"]["object"]
+    obj["status"] = status
+    return event(kind, obj, created=T, event_id="evt_dispute")
+
+
+def test_dispute_created_fixture_opens_a_dispute_and_leaves_the_lifecycle_alone() -> None:
     found = _only(fixture("charge_dispute_created"))
-    assert found.state is EntitlementState.DISPUTED
-    assert found.clears_dispute is False
+    assert found.dispute is DisputeState.OPEN
+    assert found.state is None
+    assert found.changes_entitlement is True
     assert found.entitlement is None
-    assert found.refs == {
-        "dispute": "dp_1JAyTwJSZQVUcJYgPqasUEn1",
-        "charge": "ch_fakefakefakefakefake0001",
-        "payment_intent": "pi_1JAyTwJSZQVUcJYgBbsz0NuH",
-    }
+    assert found.refs == DISPUTE_REFS
+    assert found.dispute_id == DISPUTE_ID
 
 
-def test_dispute_won_restores_access() -> None:
-    payload = _with_object("charge_dispute_created", status="won")
-    payload["type"] = "charge.dispute.closed"
-    found = _only(payload)
-    assert found.state is EntitlementState.ACTIVE
-    assert found.clears_dispute is True
-    assert found.refs["charge"] == "ch_fakefakefakefakefake0001"
+@pytest.mark.parametrize("kind", DISPUTE_EVENT_TYPES)
+@pytest.mark.parametrize(("status", "expected"), list(DISPUTE_STATUSES.items()))
+def test_every_dispute_event_maps_the_disputes_status(
+    kind: str, status: str, expected: DisputeState
+) -> None:
+    found = _only(_dispute_event(kind, status))
+    assert found.dispute is expected
+    assert found.state is None
+    assert found.event_type == kind
+    assert found.occurred_at == T
+    assert found.refs == DISPUTE_REFS
+    assert found.dispute_id == DISPUTE_ID
 
 
-def test_dispute_lost_means_nothing_more() -> None:
-    payload = _with_object("charge_dispute_created", status="lost")
-    payload["type"] = "charge.dispute.closed"
-    assert stripe.parse(payload) == []
+def test_dispute_states_cover_every_documented_status() -> None:
+    assert stripe.DISPUTE_STATES == DISPUTE_STATUSES
+
+
+@pytest.mark.parametrize("kind", DISPUTE_EVENT_TYPES)
+def test_dispute_with_a_status_this_code_does_not_know_counts_as_open(kind: str) -> None:
+    assert _only(_dispute_event(kind, "some_future_status")).dispute is DisputeState.OPEN
+
+
+@pytest.mark.parametrize("dispute", [{}, {"status": None}, {"status": ""}])
+def test_dispute_state_without_a_status_is_open(dispute: dict[str, Any]) -> None:
+    assert stripe.dispute_state(dispute) is DisputeState.OPEN
+
+
+def test_dispute_without_a_payment_intent_is_named_by_its_id() -> None:
+    obj = fixture("charge_dispute_created")["data"]["object"]
+    obj["payment_intent"] = None
+    found = _only(event("charge.dispute.updated", obj))
+    assert found.refs == {"dispute": DISPUTE_ID, "charge": "ch_fakefakefakefakefake0001"}
+    assert found.dispute_id == DISPUTE_ID
+
+
+@pytest.mark.parametrize(
+    "kind", ["charge.dispute.funds_withdrawn", "charge.dispute.funds_reinstated"]
+)
+def test_dispute_funds_events_mean_nothing(kind: str) -> None:
+    assert stripe.parse(_dispute_event(kind, "needs_response")) == []
 
 
 # -- parse: everything else ---------------------------------------------------------------
@@ -476,10 +529,12 @@ def test_membership_event_survives_a_json_round_trip() -> None:
         refs={"charge": "ch_round", "dispute": "dp_round"},
         display_name="Some One",
         test_mode=True,
-        clears_dispute=True,
+        dispute=DisputeState.WON,
     )
+    assert original.to_json()["dispute"] == "won"
     rebuilt = MembershipEvent.from_json(original.to_json())
     assert rebuilt == original
+    assert rebuilt.dispute is DisputeState.WON
     assert rebuilt.email == "someone@example.com"
     assert rebuilt.state is EntitlementState.PAST_DUE
     assert rebuilt.products == ("price_a", "prod_a")
@@ -488,4 +543,59 @@ def test_membership_event_survives_a_json_round_trip() -> None:
 def test_membership_event_without_a_state_round_trips() -> None:
     original = MembershipEvent("stripe", "evt_min", "invoice.payment_failed", 1.0)
     assert original.to_json()["state"] is None
+    assert original.to_json()["dispute"] is None
     assert MembershipEvent.from_json(original.to_json()) == original
+    assert original.changes_entitlement is False
+
+
+def _queued_before_disputes_were_apart(**fields: Any) -> dict[str, Any]:
+    """An event's JSON as the previous release queued it (no ``dispute`` field)."""
+    data = MembershipEvent("stripe", "evt_old", "charge.dispute.created", 1.0).to_json()
+    del data["dispute"]
+    data["refs"] = {"dispute": "dp_old", "charge": "ch_old"}
+    data.update(fields)
+    return data
+
+
+def test_event_queued_as_disputed_reads_as_an_open_dispute_without_a_lifecycle() -> None:
+    rebuilt = MembershipEvent.from_json(
+        _queued_before_disputes_were_apart(state="disputed", clears_dispute=False)
+    )
+    assert rebuilt.state is None
+    assert rebuilt.dispute is DisputeState.OPEN
+    assert rebuilt.dispute_id == "dp_old"
+
+
+def test_event_queued_as_clearing_a_dispute_reads_as_a_won_dispute() -> None:
+    rebuilt = MembershipEvent.from_json(
+        _queued_before_disputes_were_apart(state="active", clears_dispute=True)
+    )
+    assert rebuilt.state is EntitlementState.ACTIVE
+    assert rebuilt.dispute is DisputeState.WON
+
+
+def test_event_queued_without_dispute_fields_has_no_dispute() -> None:
+    rebuilt = MembershipEvent.from_json(
+        _queued_before_disputes_were_apart(state="ended", clears_dispute=False)
+    )
+    assert rebuilt.state is EntitlementState.ENDED
+    assert rebuilt.dispute is None
+
+
+@pytest.mark.parametrize(
+    ("refs", "named"),
+    [
+        ({"dispute": "dp_1", "charge": "ch_1", "payment_intent": "pi_1"}, "dp_1"),
+        ({"charge": "ch_1", "payment_intent": "pi_1"}, "ch_1"),
+        ({"sale": "sale_1", "subscription": "sub_1"}, "sale_1"),
+        ({"payment_intent": "pi_1"}, "pi_1"),
+        ({"order": "ord_1", "subscription": "sub_1"}, "ord_1"),
+        ({"subscription": "sub_1"}, "evt_x"),
+        ({}, "evt_x"),
+    ],
+)
+def test_dispute_id_names_the_dispute_else_the_disputed_payment(
+    refs: dict[str, str], named: str
+) -> None:
+    found = MembershipEvent("stripe", "evt_x", "charge.dispute.created", 1.0, refs=refs)
+    assert found.dispute_id == named

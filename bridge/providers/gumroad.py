@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bridge.errors import ForbiddenError, PayloadError, SignatureError
-from bridge.events import EntitlementState, MembershipEvent, parse_timestamp
+from bridge.events import DisputeState, EntitlementState, MembershipEvent, parse_timestamp
 
 PROVIDER = "gumroad"
 # Gumroad's pings have a few dozen fields; anything far beyond that is not a ping.
@@ -192,14 +192,13 @@ def _sale_event(
         raise PayloadError("Gumroad sale has no readable sale_timestamp")
     if resource != "sale" and received_at is not None:
         # sale_timestamp is when the purchase happened, not the refund or dispute: dated
-        # by it, a dispute_won ties with its dispute and loses on precedence, and a refund
-        # of an earlier charge looks older than the renewal after it.
+        # by it, a refund of an earlier charge looks older than the renewal after it.
         occurred_at = max(occurred_at, received_at)
     subscription_id = _text(payload.get("subscription_id"))
     refunded = _flag(payload.get("refunded"))
     disputed = _flag(payload.get("disputed")) and not _flag(payload.get("dispute_won"))
     state: EntitlementState | None
-    clears_dispute = False
+    dispute: DisputeState | None = None
     # The event id names the resource and the charge: a recurring charge has a sale_id
     # of its own (so each renewal is a new event), while Gumroad's retries of one ping
     # only add retry_count (so they merge into one). Gumroad sends no id of its own.
@@ -210,18 +209,17 @@ def _sale_event(
         # keeps a later full refund of the same sale from merging into the partial one.
         state = EntitlementState.ENDED if refunded else None
         event_id = event_id if refunded else f"{event_id}:partial"
-    elif resource == "dispute":
-        state = EntitlementState.DISPUTED
-    elif resource == "dispute_won":
-        state = EntitlementState.ENDED if refunded else EntitlementState.ACTIVE
-        clears_dispute = True
-    elif disputed:  # a sale pinged again after a chargeback (`disputed` stays true once won)
-        state = EntitlementState.DISPUTED
-    elif refunded:
-        state = EntitlementState.ENDED
+    elif resource in ("dispute", "dispute_won"):
+        # A dispute says nothing new about the purchase's lifecycle, except a refund.
+        state = EntitlementState.ENDED if refunded else None
+        dispute = DisputeState.WON if resource == "dispute_won" else DisputeState.OPEN
     else:
-        state = EntitlementState.ACTIVE
-        clears_dispute = _flag(payload.get("dispute_won"))
+        state = EntitlementState.ENDED if refunded else EntitlementState.ACTIVE
+        # A sale pinged again after a chargeback: `disputed` stays true once won.
+        if disputed:
+            dispute = DisputeState.OPEN
+        elif _flag(payload.get("dispute_won")):
+            dispute = DisputeState.WON
     key = f"sub_{subscription_id}" if subscription_id else f"sale_{sale_id}"
     return MembershipEvent(
         provider=PROVIDER,
@@ -239,7 +237,7 @@ def _sale_event(
         ),
         display_name=_text(payload.get("full_name")),
         test_mode=_flag(payload.get("test")),  # set when the seller bought their own product
-        clears_dispute=clears_dispute,
+        dispute=dispute,
     )
 
 
@@ -334,14 +332,21 @@ def _purchase_ids(value: Any) -> list[str]:
     return [text for text in (_text(item) for item in items) if text]
 
 
-def sale_state(sale: Mapping[str, Any]) -> EntitlementState:
-    """Access meaning of a sale as ``GET /v2/sales/:id`` returns it (or of a sale ping)."""
+def sale_dispute(sale: Mapping[str, Any]) -> DisputeState | None:
+    """Where a sale's dispute stands, as ``GET /v2/sales/:id`` returns it (None: no dispute)."""
     # `chargedback` is "charged back and not reversed"; `disputed` stays true after a
     # won dispute, which `dispute_won` then says.
     if _flag(sale.get("chargedback")) or (
         _flag(sale.get("disputed")) and not _flag(sale.get("dispute_won"))
     ):
-        return EntitlementState.DISPUTED
+        return DisputeState.OPEN
+    if _flag(sale.get("disputed")):
+        return DisputeState.WON
+    return None
+
+
+def sale_state(sale: Mapping[str, Any]) -> EntitlementState:
+    """Lifecycle meaning of a sale as ``GET /v2/sales/:id`` returns it (disputes aside)."""
     if _flag(sale.get("refunded")):  # full refunds only; partially_refunded keeps access
         return EntitlementState.ENDED
     # `dead` is "the subscription is no longer alive"; `ended` is a fixed-length one run

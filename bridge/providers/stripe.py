@@ -3,6 +3,10 @@
 Semantics per DESIGN §4: checkout sessions, invoices and subscription statuses grant;
 cancellation, full refunds and terminal statuses end; a dispute applies the dispute
 action; ``past_due`` and ``cancel_at_period_end`` keep access.
+
+Disputes are read from the Dispute object's ``status`` in every ``charge.dispute.*``
+event (created, updated, closed), so an inquiry that escalates, and any order of
+delivery, end in the status Stripe reports last.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 import stripe
 
 from bridge.errors import PayloadError, SignatureError
-from bridge.events import EntitlementState, MembershipEvent
+from bridge.events import DisputeState, EntitlementState, MembershipEvent
 
 PROVIDER = "stripe"
 # Stripe's own default replay window, in seconds.
@@ -38,6 +42,21 @@ _SUBSCRIPTION_EVENTS = frozenset(
         "customer.subscription.paused",
         "customer.subscription.resumed",
     }
+)
+# A Dispute's `status` (Stripe's docs, "Dispute object"): inquiries (`warning_*`) move no
+# funds and are not chargebacks; `prevented` disputes never became one.
+DISPUTE_STATES = {
+    "warning_needs_response": DisputeState.INQUIRY,
+    "warning_under_review": DisputeState.INQUIRY,
+    "warning_closed": DisputeState.WON,
+    "needs_response": DisputeState.OPEN,
+    "under_review": DisputeState.OPEN,
+    "won": DisputeState.WON,
+    "prevented": DisputeState.WON,
+    "lost": DisputeState.LOST,
+}
+_DISPUTE_EVENTS = frozenset(
+    {"charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed"}
 )
 _CHECKOUT_EVENTS = frozenset(
     {
@@ -147,10 +166,8 @@ def _parse(event: Mapping[str, Any]) -> list[MembershipEvent]:
         return [_invoice(kind, obj, base)]
     if kind == "charge.refunded":
         return [_refund(obj, base)]
-    if kind == "charge.dispute.created":
-        return [_dispute(obj, base, EntitlementState.DISPUTED)]
-    if kind == "charge.dispute.closed" and obj.get("status") == "won":
-        return [_dispute(obj, base, EntitlementState.ACTIVE)]
+    if kind in _DISPUTE_EVENTS:
+        return [_dispute(obj, base)]
     return []
 
 
@@ -266,15 +283,17 @@ def _refund(obj: Mapping[str, Any], base: dict[str, Any]) -> MembershipEvent:
     )
 
 
-def _dispute(
-    obj: Mapping[str, Any], base: dict[str, Any], state: EntitlementState
-) -> MembershipEvent:
-    """A dispute opened (DISPUTED), or closed in the seller's favour (access restored)."""
+def dispute_state(dispute: Mapping[str, Any]) -> DisputeState:
+    """Where a Dispute object stands; a status this code does not know counts as open."""
+    return DISPUTE_STATES.get(str(dispute.get("status", "")), DisputeState.OPEN)
+
+
+def _dispute(obj: Mapping[str, Any], base: dict[str, Any]) -> MembershipEvent:
+    """A dispute's status: the lifecycle of the purchase is left as it is."""
     return MembershipEvent(
         **base,
         entitlement=None,
-        state=state,
-        clears_dispute=state is not EntitlementState.DISPUTED,
+        dispute=dispute_state(obj),
         refs=_refs(
             dispute=_id(obj.get("id")),
             charge=_id(obj.get("charge")),
