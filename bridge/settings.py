@@ -6,6 +6,7 @@ Tests build a :class:`Settings` directly instead of touching the environment.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -54,6 +55,9 @@ class Settings:
     on_dispute: DisputeAction = DisputeAction.BLOCK
     past_due_grace_days: float | None = None
     unblock_manual: bool = False
+    unpay_manual: bool = False
+    inquiries_are_disputes: bool = False
+    park_hours: float = 72.0
     max_body_bytes: int = 1024 * 1024
     retry_attempts: int = 10
     retry_base_seconds: float = 5.0
@@ -97,6 +101,12 @@ class Settings:
             ),
             past_due_grace_days=env.optional_number("BRIDGE_PAST_DUE_GRACE_DAYS", least=0),
             unblock_manual=env.boolean("BRIDGE_UNBLOCK_MANUAL", default=False),
+            unpay_manual=env.boolean("BRIDGE_UNPAY_MANUAL", default=False),
+            inquiries_are_disputes=env.choice(
+                "BRIDGE_ON_INQUIRY", ("IGNORE", "DISPUTE"), default="IGNORE"
+            )
+            == "DISPUTE",
+            park_hours=env.number("BRIDGE_PARK_HOURS", default=72.0, least=0),
             accept_test_events=env.boolean("BRIDGE_ACCEPT_TEST_EVENTS", default=False),
             max_body_bytes=int(env.number("BRIDGE_MAX_BODY_BYTES", default=1024 * 1024, least=1)),
             retry_attempts=int(env.number("BRIDGE_RETRY_ATTEMPTS", default=10, least=0)),
@@ -198,7 +208,9 @@ class _Env:
             number = float(value)
         except ValueError as exc:
             raise SettingsError(f"{name} must be a number, not {value!r}") from exc
-        if number < least or number != number:
+        if not math.isfinite(number):
+            raise SettingsError(f"{name} must be a finite number, not {value!r}")
+        if number < least:
             raise SettingsError(f"{name} must be at least {least:g}")
         return number
 
@@ -249,4 +261,6 @@ def policy(settings: Settings) -> Policy:
         past_due_keeps_access=grace is None or grace > 0,
         past_due_grace_seconds=None if grace is None else grace * 86400,
         unblock_manual_blocks=settings.unblock_manual,
+        unpay_manual_paid=settings.unpay_manual,
+        inquiries_are_disputes=settings.inquiries_are_disputes,
     )

@@ -1,7 +1,9 @@
 """The operator's policies end to end (DESIGN §4, README "Configuration"): what ending the
 last entitlement does (BRIDGE_ON_END), what a dispute does (BRIDGE_ON_DISPUTE), how long
-past_due keeps access (BRIDGE_PAST_DUE_GRACE_DAYS) and whether a payment lifts a block
-made by hand (BRIDGE_UNBLOCK_MANUAL). Stripe webhooks → queue → worker → sandbox.
+past_due keeps access (BRIDGE_PAST_DUE_GRACE_DAYS), whether a payment lifts a block
+made by hand (BRIDGE_UNBLOCK_MANUAL), whether an ending un-pays a member paid by hand
+(BRIDGE_UNPAY_MANUAL) and whether inquiries count as disputes (BRIDGE_ON_INQUIRY).
+Stripe webhooks → queue → worker → sandbox.
 """
 
 from __future__ import annotations
@@ -167,6 +169,38 @@ def test_dispute_with_the_revoke_policy_unpays_without_blocking(
     assert member.status == "active"
 
 
+def test_inquiry_is_ignored_by_default(
+    start_bridge: StartBridge, queue: Queue, sotion_api: SotionClient
+) -> None:
+    client = start_bridge()
+    buy_once(client)
+    deliver(
+        client, "charge.dispute.created", dispute(status="warning_needs_response"), created=T0 + 100
+    )
+    drain(queue)
+
+    member = member_of(sotion_api)
+    assert (member.paid, member.status) == (True, "active")
+
+
+def test_inquiry_blocks_when_inquiries_count_as_disputes(
+    start_bridge: StartBridge, queue: Queue, sotion_api: SotionClient
+) -> None:
+    client = start_bridge(inquiries_are_disputes=True)
+    buy_once(client)
+    deliver(
+        client, "charge.dispute.created", dispute(status="warning_needs_response"), created=T0 + 100
+    )
+    drain(queue)
+    assert member_of(sotion_api).status == "blocked"
+
+    deliver(client, "charge.dispute.closed", dispute(status="warning_closed"), created=T0 + 200)
+    drain(queue)
+
+    member = member_of(sotion_api)
+    assert (member.paid, member.status) == (True, "active")
+
+
 # -- past_due grace -----------------------------------------------------------------------
 
 
@@ -271,3 +305,75 @@ def test_payment_unblocks_a_member_blocked_by_hand_when_the_policy_allows(
     member = member_of(sotion_api)
     assert member.paid is True
     assert member.status == "active"
+
+
+# -- members paid by hand -----------------------------------------------------------------
+
+
+def test_member_paid_by_hand_stays_paid_when_their_purchase_ends(
+    start_bridge: StartBridge, queue: Queue, sotion_api: SotionClient
+) -> None:
+    client = start_bridge()
+    sotion_api.create_member(EMAIL, paid=True)  # a comp, made before the bridge met them
+    buy_once(client)
+    drain(queue)
+
+    refund_fully(client, created=T0 + 100)
+    drain(queue)
+
+    member = member_of(sotion_api)
+    assert member.paid is True
+    assert member.status == "active"
+
+
+def test_member_paid_by_hand_is_unpaid_when_their_purchase_ends_if_the_policy_says(
+    start_bridge: StartBridge, queue: Queue, sotion_api: SotionClient
+) -> None:
+    client = start_bridge(unpay_manual=True)
+    sotion_api.create_member(EMAIL, paid=True)
+    buy_once(client)
+    drain(queue)
+
+    refund_fully(client, created=T0 + 100)
+    drain(queue)
+
+    assert member_of(sotion_api).paid is False
+
+
+def test_member_the_bridge_paid_is_unpaid_even_if_they_existed_before(
+    start_bridge: StartBridge, queue: Queue, sotion_api: SotionClient
+) -> None:
+    client = start_bridge()
+    sotion_api.create_member(EMAIL, paid=False)  # a free signup who then buys
+    buy_once(client)
+    drain(queue)
+    assert member_of(sotion_api).paid is True
+
+    refund_fully(client, created=T0 + 100)
+    drain(queue)
+
+    assert member_of(sotion_api).paid is False
+
+
+def test_member_unpaid_by_hand_is_paid_again_by_their_next_purchase(
+    start_bridge: StartBridge, queue: Queue, sotion_api: SotionClient
+) -> None:
+    client = start_bridge()
+    buy_once(client)
+    drain(queue)
+    sotion_api.update_member(member_of(sotion_api).id, paid=False)
+
+    buy_once(client, created=T0 + 100, payment_intent="pi_flow_2")
+    drain(queue)
+    assert member_of(sotion_api).paid is True
+
+    # Paid again by the bridge: ending every purchase un-pays them again.
+    refund_fully(client, created=T0 + 200)
+    deliver(
+        client,
+        "charge.refunded",
+        {**charge(refunded_amount=1500, payment_intent="pi_flow_2"), "id": "ch_flow_2"},
+        created=T0 + 200,
+    )
+    drain(queue)
+    assert member_of(sotion_api).paid is False

@@ -18,6 +18,9 @@ def test_defaults_when_environment_is_empty() -> None:
     assert settings.redis_url is None
     assert settings.accept_test_events is False
     assert settings.stripe_webhook_secrets == ()
+    assert settings.unpay_manual is False
+    assert settings.inquiries_are_disputes is False
+    assert settings.park_hours == 72.0
 
 
 def test_comma_separated_secrets_allow_rotation() -> None:
@@ -87,6 +90,8 @@ def test_policies_are_read_from_the_environment() -> None:
             "BRIDGE_ON_DISPUTE": "revoke",
             "BRIDGE_PAST_DUE_GRACE_DAYS": "3",
             "BRIDGE_UNBLOCK_MANUAL": "true",
+            "BRIDGE_UNPAY_MANUAL": "true",
+            "BRIDGE_ON_INQUIRY": "dispute",
         }
     )
     policy = bridge_policy(settings)
@@ -94,6 +99,32 @@ def test_policies_are_read_from_the_environment() -> None:
     assert policy.dispute_action is DisputeAction.REVOKE
     assert policy.past_due_grace_seconds == 3 * 86400
     assert policy.unblock_manual_blocks is True
+    assert policy.unpay_manual_paid is True
+    assert policy.inquiries_are_disputes is True
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("true", True), ("1", True), ("no", False), ("", False)]
+)
+def test_unpay_manual_reads_a_boolean(value: str, expected: bool) -> None:
+    settings = Settings.from_env({"BRIDGE_UNPAY_MANUAL": value})
+    assert settings.unpay_manual is expected
+    assert bridge_policy(settings).unpay_manual_paid is expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("ignore", False), ("IGNORE", False), ("dispute", True), (" Dispute ", True), ("", False)],
+)
+def test_on_inquiry_says_whether_inquiries_count_as_disputes(value: str, expected: bool) -> None:
+    settings = Settings.from_env({"BRIDGE_ON_INQUIRY": value})
+    assert settings.inquiries_are_disputes is expected
+    assert bridge_policy(settings).inquiries_are_disputes is expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [("24", 24.0), ("0.5", 0.5), ("0", 0.0)])
+def test_park_hours_are_read_from_the_environment(value: str, expected: float) -> None:
+    assert Settings.from_env({"BRIDGE_PARK_HOURS": value}).park_hours == expected
 
 
 def test_zero_grace_days_revoke_past_due_at_once() -> None:
@@ -109,8 +140,19 @@ def test_zero_grace_days_revoke_past_due_at_once() -> None:
         ({"BRIDGE_PAST_DUE_GRACE_DAYS": "-1"}, "BRIDGE_PAST_DUE_GRACE_DAYS"),
         ({"BRIDGE_PAST_DUE_GRACE_DAYS": "soon"}, "BRIDGE_PAST_DUE_GRACE_DAYS"),
         ({"BRIDGE_UNBLOCK_MANUAL": "perhaps"}, "BRIDGE_UNBLOCK_MANUAL"),
+        ({"BRIDGE_UNPAY_MANUAL": "perhaps"}, "BRIDGE_UNPAY_MANUAL"),
+        ({"BRIDGE_ON_INQUIRY": "block"}, "BRIDGE_ON_INQUIRY"),
+        ({"BRIDGE_ON_INQUIRY": "revoke"}, "BRIDGE_ON_INQUIRY"),
+        ({"BRIDGE_PARK_HOURS": "-1"}, "BRIDGE_PARK_HOURS"),
+        ({"BRIDGE_PARK_HOURS": "a while"}, "BRIDGE_PARK_HOURS"),
+        ({"BRIDGE_PARK_HOURS": "nan"}, "BRIDGE_PARK_HOURS"),
     ],
 )
 def test_bad_policies_fail_naming_the_variable(environ: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         Settings.from_env(environ)
+
+
+def test_infinite_park_hours_fail_naming_the_variable() -> None:
+    with pytest.raises(SettingsError, match="BRIDGE_PARK_HOURS"):
+        Settings.from_env({"BRIDGE_PARK_HOURS": "inf"})

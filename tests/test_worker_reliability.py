@@ -26,7 +26,7 @@ from bridge.admin import failed_jobs
 from bridge.events import EntitlementState, MembershipEvent
 from bridge.sandbox import SandboxServer
 from bridge.settings import Settings
-from bridge.sotion import Member, RateLimit, RateLimitedError, SotionClient
+from bridge.sotion import Member, RateLimit, RateLimitedError, SotionClient, TransientError
 from tests.conftest import SANDBOX_KEY, SandboxFactory, drain
 from tests.test_stripe_flow import (
     EMAIL,
@@ -41,7 +41,7 @@ from tests.test_stripe_flow import (
 from workers import runtime as worker_runtime
 from workers.budget import SharedBudget
 from workers.resolve import Resolver
-from workers.store import LOCK_TIMEOUT_SECONDS, PREFIX, Store
+from workers.store import LOCK_TIMEOUT_SECONDS, PREFIX, MemberRecord, Store
 from workers.sync import Applier, Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,20 +263,22 @@ def test_stale_cached_member_id_is_looked_up_by_email_and_patched(
     store = Store(redis_conn)
     applier = Applier(store, sotion_api, Resolver(store))
     existing = sotion_api.create_member(EMAIL, paid=False)
-    store.save_member_record(EMAIL, "00000000-0000-4000-8000-000000000000", False, frozenset())
+    store.save_member_record(EMAIL, MemberRecord(id="00000000-0000-4000-8000-000000000000"))
 
     outcome = applier.apply(grant())
 
     assert outcome.actions == ["patch:paid=True"]
     assert member_of(sotion_api).paid is True
     assert count_members(sotion_api) == 1
-    assert store.member_record(EMAIL)[0] == existing.id
+    assert store.member_record(EMAIL).id == existing.id
+    assert store.member_record(EMAIL).bridge_paid is True  # the bridge set paid=true
 
 
 class SignupRaceClient(SotionClient):
     """A client whose first lookup misses a member someone else creates right after it."""
 
     rival: SotionClient | None = None
+    rival_paid = False  # whether the rival makes the member paid (a comp, say)
     lookups = 0
 
     def find_member_by_email(self, email: str) -> Member | None:
@@ -284,7 +286,7 @@ class SignupRaceClient(SotionClient):
         self.lookups += 1
         if self.lookups == 1:
             assert self.rival is not None
-            self.rival.create_member(email, display_name="Signed Up", paid=False)
+            self.rival.create_member(email, display_name="Signed Up", paid=self.rival_paid)
             return None
         return super().find_member_by_email(email)
 
@@ -307,6 +309,62 @@ def test_conflict_on_create_looks_the_member_up_and_patches_it(
     assert member.paid is True
     assert member.display_name == "Signed Up"
     assert count_members(sotion_api) == 1
+    record = store.member_record(EMAIL)
+    assert (record.id, record.bridge_paid, record.bridge_blocked) == (member.id, True, False)
+
+
+def test_member_someone_else_made_paid_during_our_create_stays_paid_after_a_refund(
+    redis_conn: redis.Redis, sotion: SandboxServer, sotion_api: SotionClient
+) -> None:
+    racing = SignupRaceClient.connect(sotion.url, SANDBOX_KEY)
+    racing.rival = sotion_api
+    racing.rival_paid = True
+    store = Store(redis_conn)
+    applier = Applier(store, racing, Resolver(store))
+
+    try:
+        first = applier.apply(grant())
+        assert store.member_record(EMAIL).bridge_paid is False  # the 409 made it theirs
+        ended = applier.apply(dataclasses.replace(grant(at=T0 + 100), state=EntitlementState.ENDED))
+    finally:
+        racing.close()
+
+    assert first.actions == ["create:conflict"]
+    assert ended.actions == []
+    assert member_of(sotion_api).paid is True
+
+
+class LostReplyClient(SotionClient):
+    """A client whose member updates reach Sotion but whose replies are lost."""
+
+    def update_member(self, member_id: str, **fields: Any) -> Member:
+        """Apply the update, then fail as a dropped connection would."""
+        super().update_member(member_id, **fields)
+        raise TransientError("connection reset after the request was sent")
+
+
+def test_paid_set_by_a_call_whose_reply_was_lost_is_still_the_bridges(
+    redis_conn: redis.Redis, sotion: SandboxServer, sotion_api: SotionClient
+) -> None:
+    # The bridge records paid=true as its own before the call: had it recorded it after,
+    # this member would look paid by hand and never be un-paid.
+    existing = sotion_api.create_member(EMAIL, paid=False)
+    store = Store(redis_conn)
+    lossy = LostReplyClient.connect(sotion.url, SANDBOX_KEY)
+    try:
+        with pytest.raises(TransientError):
+            Applier(store, lossy, Resolver(store)).apply(grant())
+    finally:
+        lossy.close()
+    assert member_of(sotion_api).paid is True
+    assert store.member_record(EMAIL).bridge_paid is True
+
+    outcome = Applier(store, sotion_api, Resolver(store)).apply(
+        dataclasses.replace(grant(at=T0 + 100), state=EntitlementState.ENDED)
+    )
+
+    assert outcome.actions == ["patch:paid=False"]
+    assert sotion_api.get_member(existing.id).paid is False
 
 
 # -- per-email serialization ------------------------------------------------------------
@@ -367,6 +425,20 @@ def test_apply_waits_while_another_job_holds_the_emails_lock(
     assert not waiter.is_alive()
     assert len(finished) == 1 and finished[0] >= released
     assert member_of(sotion_api).paid is True
+
+
+def test_rerun_of_a_job_takes_over_the_email_lock_its_dead_run_left(
+    runtime: worker_runtime.Runtime, redis_conn: redis.Redis, sotion_api: SotionClient
+) -> None:
+    lock = f"{PREFIX}lock:{EMAIL}"
+    redis_conn.set(lock, "job-1|dead-run", px=LOCK_TIMEOUT_SECONDS * 1000)
+    started = time.monotonic()
+
+    runtime.applier.apply(grant(), holder="job-1")
+
+    assert time.monotonic() - started < LOCK_TIMEOUT_SECONDS / 2
+    assert member_of(sotion_api).paid is True
+    assert redis_conn.exists(lock) == 0
 
 
 # -- the shared rate budget -------------------------------------------------------------
@@ -480,16 +552,19 @@ def test_worker_killed_mid_job_loses_nothing(
     assert job.get_status(refresh=True) == JobStatus.STARTED  # nobody will finish it
 
     # What the next worker's maintenance does once the dead execution's heartbeat has
-    # expired (90 s or more later). The dead job's email lock expires on its own too
-    # (LOCK_TIMEOUT_SECONDS); take it through the same jump in time instead of waiting.
+    # expired. The dead job's email lease would expire on its own (LOCK_TIMEOUT_SECONDS),
+    # but the job's re-run has the same name and takes it over without waiting for that.
     lock = f"{PREFIX}lock:{EMAIL}"
     assert 0 < redis_conn.ttl(lock) <= LOCK_TIMEOUT_SECONDS
-    redis_conn.delete(lock)
     StartedJobRegistry(queue=queue).cleanup(time.time() + 100_000)
     slow.faults.latency = 0.0
     use_settings(settings, redis_conn, sotion_api_url=slow.url)
+    left = redis_conn.pttl(lock) / 1000
+    assert left > 0  # the dead run's lease is still there
+    started = time.monotonic()
     drain(queue)
 
+    assert time.monotonic() - started < left
     assert job.get_status(refresh=True) == JobStatus.FINISHED
     sotion_api = client_for(slow)
     wait_for(lambda: count_members(sotion_api) >= 1, timeout=5)

@@ -29,6 +29,14 @@ class UnresolvedError(Exception):
     retryable = False
 
 
+class EmailUnknownError(UnresolvedError):
+    """No source knows the buyer's email yet; a later event may teach it (the event parks)."""
+
+    def __init__(self, message: str, subjects: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.subjects = subjects  # the ids whose email, once learned, resolves the event
+
+
 class Resolver:
     """Resolves emails and entitlement keys, and refreshes state from provider APIs."""
 
@@ -93,13 +101,14 @@ class Resolver:
             if event.provider == stripe_provider.PROVIDER
             else "no API is configured to look it up"
         )
-        raise UnresolvedError(
-            f"cannot tell which email {subject} belongs to: no earlier event named it and {hint}"
+        raise EmailUnknownError(
+            f"cannot tell which email {subject} belongs to: no earlier event named it and {hint}",
+            subjects(event),
         )
 
     def refresh(self, event: MembershipEvent, entitlement: str | None) -> MembershipEvent:
         """The event with the purchase's current state where a provider API is set."""
-        if entitlement is None or event.state in (None, EntitlementState.DISPUTED):
+        if entitlement is None or event.state is None:
             return event
         if event.provider == stripe_provider.PROVIDER:
             return self._refresh_stripe(event, entitlement)
@@ -167,9 +176,12 @@ class Resolver:
         sale_id = event.refs.get("sale")
         if event.state is not EntitlementState.ACTIVE or not sale_id:
             return event
-        state = gumroad.sale_state(api.sale(sale_id))
-        return (
-            event if state is EntitlementState.ACTIVE else dataclasses.replace(event, state=state)
+        sale = api.sale(sale_id)
+        state = gumroad.sale_state(sale)
+        if state is EntitlementState.ACTIVE and gumroad.sale_dispute(sale) is None:
+            return event
+        return dataclasses.replace(
+            event, state=state, dispute=gumroad.sale_dispute(sale) or event.dispute
         )
 
     def _stripe_email(self, event: MembershipEvent) -> str | None:
@@ -188,3 +200,8 @@ class Resolver:
         if isinstance(customer, dict):
             customer = customer.get("id")
         return self.stripe_api.customer_email(customer) if customer else None
+
+
+def subjects(event: MembershipEvent) -> tuple[str, ...]:
+    """The provider ids whose learned email would tell who the event is about."""
+    return tuple(dict.fromkeys(ref for ref in (event.customer, *event.refs.values()) if ref))

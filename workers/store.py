@@ -2,7 +2,8 @@
 
 Keys (all under ``bridge:``):
 - ``ledger:{email}``: hash, entitlement key -> Entitlement JSON
-- ``member:{email}``: hash, ``id`` (cached Sotion id), ``bridge_blocked``, ``groups``
+- ``member:{email}``: hash, ``id`` (cached Sotion id), ``bridge_blocked``, ``bridge_paid``,
+  ``groups``: what the bridge knows about the member and which of its fields it set
 - ``email:{provider}:{ref}``: the email a customer/charge/invoice id belongs to
 - ``owner:{entitlement}``: the email whose ledger holds an entitlement (fixed at first sight)
 - ``entitlement:{provider}:{ref}``: the entitlement a payment/charge/invoice belongs to
@@ -13,22 +14,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import redis
-from redis.exceptions import LockError
 from rq.utils import as_text
 
-from bridge.events import MembershipEvent
+from bridge.events import MembershipEvent, mask_email
 from bridge.ledger import Entitlement
+from workers.lease import Lease, LeaseBusyError
 
 PREFIX = "bridge:"
 # Learned aliases are kept for a year: refunds and disputes can come months later.
 ALIAS_TTL_SECONDS = 365 * 24 * 3600
-# A lock outlives a crashed holder by at most this long.
-LOCK_TIMEOUT_SECONDS = 120
-# How long a job waits for another job of the same email before retrying later.
-LOCK_WAIT_SECONDS = 30
+# An email's lock outlives a crashed holder by at most this long (a live holder renews it).
+LOCK_TIMEOUT_SECONDS = 10
+# How long a job waits for another job of the same email before retrying later: longer
+# than a dead holder's lease, so a crash never costs a waiting job a retry.
+LOCK_WAIT_SECONDS = 15
 # The references that identify an entitlement's payments (not the customer).
 PAYMENT_REFS = (
     "subscription",
@@ -41,10 +44,17 @@ PAYMENT_REFS = (
 )
 
 
-class LockBusyError(Exception):
-    """Another job holds this email's lock for too long; retry later."""
+LockBusyError = LeaseBusyError
 
-    retryable = True
+
+@dataclass(frozen=True)
+class MemberRecord:
+    """What the bridge knows about one member, and which of its fields the bridge set."""
+
+    id: str | None = None  # the Sotion id, once known
+    bridge_blocked: bool = False  # the member's block was made by the bridge
+    bridge_paid: bool = False  # the member's paid=true was made by the bridge
+    groups: frozenset[str] = frozenset()  # access groups the bridge added
 
 
 class Store:
@@ -81,10 +91,10 @@ class Store:
         if email is not None:
             if event.customer:
                 pipe.set(
-                    self._email_key(event.provider, event.customer), email, ex=ALIAS_TTL_SECONDS
+                    self.email_key(event.provider, event.customer), email, ex=ALIAS_TTL_SECONDS
                 )
             for ref in refs.values():
-                pipe.set(self._email_key(event.provider, ref), email, ex=ALIAS_TTL_SECONDS)
+                pipe.set(self.email_key(event.provider, ref), email, ex=ALIAS_TTL_SECONDS)
         if entitlement is not None:
             for name in PAYMENT_REFS:
                 if name in refs:
@@ -114,7 +124,7 @@ class Store:
 
     def email_for(self, provider: str, ref: str) -> str | None:
         """The email learned for a customer or payment id."""
-        value = self.redis.get(self._email_key(provider, ref))
+        value = self.redis.get(self.email_key(provider, ref))
         return as_text(value) if value is not None else None
 
     def entitlement_for(self, provider: str, ref: str) -> str | None:
@@ -123,7 +133,7 @@ class Store:
         return as_text(value) if value is not None else None
 
     @staticmethod
-    def _email_key(provider: str, ref: str) -> str:
+    def email_key(provider: str, ref: str) -> str:
         return f"{PREFIX}email:{provider}:{ref}"
 
     @staticmethod
@@ -132,46 +142,53 @@ class Store:
 
     # -- member cache ----------------------------------------------------------------
 
-    def member_record(self, email: str) -> tuple[str | None, bool, frozenset[str]]:
-        """(cached Sotion id, whether the bridge blocked them, groups the bridge added)."""
+    def member_record(self, email: str) -> MemberRecord:
+        """What the bridge knows about a member (an empty record for a new email)."""
         raw = self.redis.hgetall(f"{PREFIX}member:{email}")
+        if not raw:
+            return MemberRecord()
         member_id = raw.get(b"id")
         groups = json.loads(raw[b"groups"]) if b"groups" in raw else []
-        return (
-            as_text(member_id) if member_id else None,
-            raw.get(b"bridge_blocked") == b"1",
-            frozenset(groups),
+        return MemberRecord(
+            id=as_text(member_id) if member_id else None,
+            bridge_blocked=raw.get(b"bridge_blocked") == b"1",
+            # Records written before `paid` was tracked by origin: the bridge set it then.
+            bridge_paid=raw.get(b"bridge_paid", b"1") == b"1",
+            groups=frozenset(groups),
         )
 
-    def save_member_record(
-        self, email: str, member_id: str | None, bridge_blocked: bool, groups: frozenset[str]
-    ) -> None:
+    def save_member_record(self, email: str, record: MemberRecord) -> None:
         """Store what the bridge knows and did about a member."""
         key = f"{PREFIX}member:{email}"
         pipe = self.redis.pipeline()
-        if member_id is None:
+        if record.id is None:
             pipe.hdel(key, "id")
-        else:
-            pipe.hset(key, "id", member_id)
-        pipe.hset(key, "bridge_blocked", "1" if bridge_blocked else "0")
-        pipe.hset(key, "groups", json.dumps(sorted(groups)))
+        fields: dict[bytes | bytearray | memoryview[int] | str | int | float, str] = {
+            "bridge_blocked": "1" if record.bridge_blocked else "0",
+            "bridge_paid": "1" if record.bridge_paid else "0",
+            "groups": json.dumps(sorted(record.groups)),
+        }
+        if record.id is not None:
+            fields["id"] = record.id
+        pipe.hset(key, mapping=fields)
         pipe.execute()
 
     # -- locks -----------------------------------------------------------------------
 
     @contextmanager
-    def email_lock(self, email: str) -> Iterator[None]:
-        """Hold the email's lock: no two jobs of one email interleave their Sotion calls."""
-        lock = self.redis.lock(
+    def email_lock(self, email: str, holder: str | None = None) -> Iterator[None]:
+        """Hold the email's lock: no two jobs of one email interleave their Sotion calls.
+
+        ``holder`` names the job: its re-run after a crash takes over the lease its dead
+        run left, instead of waiting for it to expire.
+        """
+        lease = Lease(
+            self.redis,
             f"{PREFIX}lock:{email}",
-            timeout=LOCK_TIMEOUT_SECONDS,
-            blocking_timeout=LOCK_WAIT_SECONDS,
+            ttl=LOCK_TIMEOUT_SECONDS,
+            wait=LOCK_WAIT_SECONDS,
+            holder=holder,
+            label=mask_email(email),
         )
-        if not lock.acquire():
-            raise LockBusyError("another job of this email is still running")
-        try:
+        with lease:
             yield
-        finally:
-            # Expired while held: the next holder already took over.
-            with suppress(LockError):
-                lock.release()

@@ -33,7 +33,7 @@ from bridge.sotion import (
     TransientError,
 )
 from workers.resolve import Resolver
-from workers.store import Store
+from workers.store import MemberRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +84,17 @@ class Applier:
         self.schedule_resync = schedule_resync
         self._clock = clock
 
-    def apply(self, event: MembershipEvent) -> Outcome:
-        """Merge the event into its email's ledger and sync that member to Sotion."""
+    def apply(self, event: MembershipEvent, *, holder: str | None = None) -> Outcome:
+        """Merge the event into its email's ledger and sync that member to Sotion.
+
+        ``holder`` names the job, so its re-run after a crash takes the email's lock over.
+        """
         key = self.resolver.entitlement(event)
         owner = self.store.owner_of(key) if key is not None else None
         if owner is None and self._unlisted(event):
             # A purchase of a product no rule lists, which the bridge never granted.
             return Outcome(event=event.dedupe_key, email="-", entitlement=key)
-        if event.state is None:
+        if not event.changes_entitlement:
             # Nothing changes hands; remember what the event tells us, if we can.
             email = owner or self.resolver.email(event)
             self.store.learn(event, email, key)
@@ -102,7 +105,7 @@ class Applier:
         self.store.learn(event, email, key)
         event = self.resolver.refresh(event, key)
         outcome = Outcome(event=event.dedupe_key, email=mask_email(email), entitlement=key)
-        with self.store.email_lock(email):
+        with self.store.email_lock(email, holder):
             if key is not None:
                 outcome.ledger_changed = self._record(email, key, event)
             outcome.actions = self.sync_member(email, display_name=event.display_name)
@@ -124,9 +127,9 @@ class Applier:
             and self.catalog.rule_for(event.provider, event.products) is None
         )
 
-    def resync(self, email: str) -> list[str]:
+    def resync(self, email: str, *, holder: str | None = None) -> list[str]:
         """Bring one email's member in line with its ledger (e.g. when a grace runs out)."""
-        with self.store.email_lock(email):
+        with self.store.email_lock(email, holder):
             return self.sync_member(email)
 
     def _record(self, email: str, key: str, event: MembershipEvent) -> bool:
@@ -157,41 +160,46 @@ class Applier:
         return True
 
     def sync_member(self, email: str, *, display_name: str | None = None) -> list[str]:
-        """Make the Sotion member match the ledger; returns the calls made (caller locks)."""
+        """Make the Sotion member match the ledger; returns the calls made (caller locks).
+
+        What the bridge is about to set is recorded as its own before the call, and what
+        it is about to undo is forgotten only after: a crash between the two never leaves
+        a field the bridge set looking like someone else's (which it would never undo).
+        """
         entitlements = self.store.entitlements(email).values()
         if not entitlements:
             return []
         desired = desired_member(entitlements, self.policy, self.catalog, now=self._clock())
-        member_id, bridge_blocked, bridge_groups = self.store.member_record(email)
-        need_groups = bool(desired.groups or bridge_groups)
-        member = self._find(email, member_id, need_groups=need_groups)
-        plan = plan_changes(
-            desired,
-            _snapshot(member),
-            bridge_blocked=bridge_blocked,
-            bridge_groups=bridge_groups,
-            policy=self.policy,
-        )
+        record = self.store.member_record(email)
+        need_groups = bool(desired.groups or record.groups)
+        member = self._find(email, record.id, need_groups=need_groups)
+        plan = self._plan(desired, member, record)
         actions: list[str] = []
-        created_groups: frozenset[str] = frozenset()
         if plan.create:
+            self._claim(email, record, plan)
             member, created_groups = self._create(email, display_name, desired, plan, actions)
-            bridge_groups = bridge_groups | created_groups
+            if actions[-1:] == ["create:conflict"]:
+                # Someone else made the member: nothing on it is the bridge's yet.
+                record = replace(record, bridge_blocked=False, bridge_paid=False)
+            else:
+                record = replace(
+                    record,
+                    bridge_blocked=plan.bridge_blocked,
+                    bridge_paid=plan.bridge_paid,
+                    groups=record.groups | created_groups,
+                )
             # Compare again with the member as created (or as someone else created it).
-            plan = plan_changes(
-                desired,
-                _snapshot(member),
-                bridge_blocked=bridge_blocked,
-                bridge_groups=bridge_groups,
-                policy=self.policy,
-            )
+            plan = self._plan(desired, member, record)
         if member is None:
-            self.store.save_member_record(email, None, bridge_blocked, bridge_groups)
+            self.store.save_member_record(email, replace(record, id=None))
             return actions
+        record = replace(record, id=member.id)
+        if not plan.empty:
+            self._claim(email, record, plan)
         if plan.patch:
             member = self._patch(email, member.id, plan.patch)
             actions.append("patch:" + ",".join(f"{k}={v}" for k, v in sorted(plan.patch.items())))
-        groups = set(bridge_groups)
+        groups = set(record.groups)
         for group_id in sorted(plan.add_groups):
             self._add_group(group_id, member.id)
             groups.add(group_id)
@@ -200,8 +208,36 @@ class Applier:
             self._remove_group(group_id, member.id)
             groups.discard(group_id)
             actions.append(f"remove-group:{group_id}")
-        self.store.save_member_record(email, member.id, plan.bridge_blocked, frozenset(groups))
+        final = MemberRecord(
+            id=member.id,
+            bridge_blocked=plan.bridge_blocked,
+            bridge_paid=plan.bridge_paid,
+            groups=frozenset(groups),
+        )
+        if final != record or actions:
+            self.store.save_member_record(email, final)
         return actions
+
+    def _claim(self, email: str, record: MemberRecord, plan: Plan) -> None:
+        """Record as the bridge's what the plan is about to set (before the calls)."""
+        claimed = replace(
+            record,
+            bridge_blocked=record.bridge_blocked or plan.bridge_blocked,
+            bridge_paid=record.bridge_paid or plan.bridge_paid,
+            groups=record.groups | plan.add_groups,
+        )
+        if claimed != record:
+            self.store.save_member_record(email, claimed)
+
+    def _plan(self, desired: DesiredMember, member: Member | None, record: MemberRecord) -> Plan:
+        return plan_changes(
+            desired,
+            _snapshot(member),
+            bridge_blocked=record.bridge_blocked,
+            bridge_paid=record.bridge_paid,
+            bridge_groups=record.groups,
+            policy=self.policy,
+        )
 
     def _find(self, email: str, member_id: str | None, *, need_groups: bool) -> Member | None:
         """The member: by cached id (404 → look up again), else by email."""
@@ -246,7 +282,7 @@ class Applier:
         try:
             return self.sotion.update_member(member_id, **_patch_kwargs(patch))
         except NotFoundError:
-            self.store.save_member_record(email, None, False, frozenset())
+            self.store.save_member_record(email, MemberRecord())
             raise TransientError(
                 "member was deleted while being updated; will look up again"
             ) from None

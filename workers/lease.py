@@ -1,0 +1,117 @@
+"""A lease in Redis: a lock that a live holder keeps renewing and a dead one loses quickly.
+
+redis-py's ``Lock`` has a fixed timeout: long enough for the slowest job, it holds up every
+other job of the email for that long after a crash. A lease is short instead (seconds) and
+renewed by a thread while its holder runs, so a SIGKILLed holder frees it within one TTL.
+It is also named: the re-run of the same job (a crashed job RQ runs again) takes over
+what its dead run left at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from types import TracebackType
+
+import redis
+
+log = logging.getLogger(__name__)
+
+# Take the lease if it is free or held by an earlier run of the same holder.
+_ACQUIRE = """
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, 1, string.len(ARGV[1])) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+# Extend the lease only while it is still ours.
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+# Give the lease up only while it is still ours.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+# Seconds between two tries to take a busy lease.
+POLL_SECONDS = 0.05
+
+
+class LeaseBusyError(Exception):
+    """Another holder kept the lease for longer than we could wait; retry later."""
+
+    retryable = True
+
+
+class Lease:
+    """``with Lease(...):`` holds ``key`` for the block, renewing it every third of ``ttl``."""
+
+    def __init__(
+        self,
+        connection: redis.Redis,
+        key: str,
+        *,
+        ttl: float,
+        wait: float,
+        holder: str | None = None,
+        label: str = "-",
+    ) -> None:
+        self.redis = connection
+        self.key = key
+        self.label = label  # what log lines name (never the key: it holds an email)
+        self.ttl_ms = int(ttl * 1000)
+        self.wait = wait
+        # The holder's name prefixes a token unique to this run.
+        self._prefix = f"{holder or uuid.uuid4().hex}|"
+        self.token = f"{self._prefix}{uuid.uuid4().hex}"
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self.lost = False
+
+    def acquire(self) -> None:
+        """Take the lease, waiting up to ``wait`` seconds; LeaseBusyError when it stays busy."""
+        deadline = time.monotonic() + self.wait
+        while not self.redis.eval(_ACQUIRE, 1, self.key, self._prefix, self.token, self.ttl_ms):
+            if time.monotonic() >= deadline:
+                raise LeaseBusyError("another job of this email is still running")
+            time.sleep(POLL_SECONDS)
+        self._renewer = threading.Thread(
+            target=self._renew, name=f"lease {self.label}", daemon=True
+        )
+        self._renewer.start()
+
+    def release(self) -> None:
+        """Stop renewing and give the lease up (a no-op if it was lost meanwhile)."""
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=self.ttl_ms / 1000)
+        try:
+            self.redis.eval(_RELEASE, 1, self.key, self.token)
+        except redis.RedisError:
+            log.warning("could not release a lease; it expires on its own lease=%s", self.label)
+
+    def _renew(self) -> None:
+        interval = self.ttl_ms / 3000
+        while not self._stop.wait(interval):
+            try:
+                if not self.redis.eval(_RENEW, 1, self.key, self.token, self.ttl_ms):
+                    self.lost = True
+                    log.warning("lease was lost while held lease=%s", self.label)
+                    return
+            except redis.RedisError:
+                log.warning("could not renew a lease; retrying lease=%s", self.label)
+
+    def __enter__(self) -> Lease:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
