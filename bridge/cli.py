@@ -253,6 +253,29 @@ def jobs_failed(limit: int) -> None:
     Console(width=200).print(table)
 
 
+@jobs.command("parked")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+def jobs_parked(limit: int) -> None:
+    """List events waiting for an event that names their buyer, with the reason."""
+    from workers.parking import parked_events
+
+    queue = bridge_queue(connect(_settings()))
+    rows = parked_events(queue, limit=limit)
+    if not rows:
+        click.echo("no parked events")
+        return
+    table = Table("job", "event", "parked at", "fails at", "reason")
+    for row in rows:
+        table.add_row(
+            row.job_id,
+            row.description,
+            row.parked_at.strftime("%Y-%m-%d %H:%M:%S") if row.parked_at else "-",
+            row.deadline.strftime("%Y-%m-%d %H:%M:%S") if row.deadline else "-",
+            row.reason,
+        )
+    Console(width=200).print(table)
+
+
 @jobs.command("replay")
 @click.argument("job_ids", nargs=-1)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every failed job.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -33,7 +34,7 @@ def env(redis_url: str, sotion: SandboxServer) -> dict[str, str]:
 
 
 def _subscription_without_known_email(client: FlaskClient) -> None:
-    """A subscription event whose customer no earlier event named: it fails for good."""
+    """A subscription event whose customer no earlier event named (fails without parking)."""
     obj = se.fixture("customer_subscription_created")["data"]["object"]
     body = se.encode(se.event("customer.subscription.created", obj))
     response = client.post(
@@ -51,6 +52,8 @@ def test_failed_jobs_are_listed_with_their_reason_and_replayed(
     redis_conn: redis.Redis,
     sotion_api: SotionClient,
 ) -> None:
+    # Parking off: the event fails for good at once instead of waiting for its buyer.
+    worker_runtime.configure(dataclasses.replace(settings, park_hours=0), redis_conn)
     _subscription_without_known_email(client)
     drain(queue)
     assert queue.failed_job_registry.count == 1

@@ -33,6 +33,7 @@ from bridge.sotion import Member, SotionClient
 from tests.conftest import STRIPE_SECRET, drain
 from tests.stripe_events import encode, event, fixture, sign
 from workers import runtime as worker_runtime
+from workers.parking import parked_events
 
 EMAIL = "buyer@example.com"
 CUSTOMER = "cus_flow_1"
@@ -564,6 +565,80 @@ def test_dispute_closed_in_the_sellers_favour_unblocks_the_member(
     assert member.paid is True
 
 
+def test_refund_during_a_dispute_is_recorded_so_a_won_dispute_does_not_restore_access(
+    client: FlaskClient,
+    queue: Queue,
+    runtime: worker_runtime.Runtime,
+    sotion_api: SotionClient,
+) -> None:
+    # Before disputes were kept apart, the refund was dropped while the dispute stood and
+    # the won dispute then made the refunded purchase active again.
+    deliver(client, "checkout.session.completed", checkout_payment(), created=T0)
+    deliver(client, "charge.dispute.created", dispute(), created=T0 + 100)
+    deliver(client, "charge.refunded", charge(refunded_amount=1500), created=T0 + 150)
+    drain(queue)
+    assert member_of(sotion_api).status == "blocked"
+
+    deliver(client, "charge.dispute.closed", dispute(status="won"), created=T0 + 200)
+    drain(queue)
+
+    member = member_of(sotion_api)
+    assert member.status == "active"
+    assert member.paid is False
+
+
+def test_dispute_closed_as_lost_keeps_the_member_blocked(
+    client: FlaskClient,
+    queue: Queue,
+    runtime: worker_runtime.Runtime,
+    sotion_api: SotionClient,
+) -> None:
+    deliver(client, "checkout.session.completed", checkout_payment(), created=T0)
+    deliver(client, "charge.dispute.created", dispute(), created=T0 + 100)
+    deliver(client, "charge.dispute.closed", dispute(status="lost"), created=T0 + 200)
+    drain(queue)
+
+    member = member_of(sotion_api)
+    assert member.status == "blocked"
+    assert member.paid is False
+
+
+def test_dispute_won_delivered_before_its_opening_still_ends_won(
+    client: FlaskClient,
+    queue: Queue,
+    runtime: worker_runtime.Runtime,
+    sotion_api: SotionClient,
+) -> None:
+    deliver(client, "checkout.session.completed", checkout_payment(), created=T0)
+    deliver(client, "charge.dispute.closed", dispute(status="won"), created=T0 + 200)
+    deliver(client, "charge.dispute.created", dispute(), created=T0 + 100)
+    drain(queue)
+
+    member = member_of(sotion_api)
+    assert member.status == "active"
+    assert member.paid is True
+
+
+def test_inquiry_leaves_the_member_paid_until_it_escalates_to_a_dispute(
+    client: FlaskClient,
+    queue: Queue,
+    runtime: worker_runtime.Runtime,
+    sotion_api: SotionClient,
+) -> None:
+    deliver(client, "checkout.session.completed", checkout_payment(), created=T0)
+    deliver(
+        client, "charge.dispute.created", dispute(status="warning_needs_response"), created=T0 + 100
+    )
+    drain(queue)
+    inquired = member_of(sotion_api)
+    assert (inquired.paid, inquired.status) == (True, "active")
+
+    deliver(client, "charge.dispute.updated", dispute(status="needs_response"), created=T0 + 200)
+    drain(queue)
+
+    assert member_of(sotion_api).status == "blocked"
+
+
 # -- members the bridge did not make ----------------------------------------------------
 
 
@@ -743,13 +818,34 @@ def test_replaying_the_same_state_leaves_the_member_unchanged_without_a_second_p
 # -- whose email? -----------------------------------------------------------------------
 
 
-def test_subscription_of_an_unknown_customer_without_an_api_key_fails_once_with_the_reason(
+def test_subscription_of_an_unknown_customer_without_an_api_key_is_parked_with_the_reason(
     client: FlaskClient,
     queue: Queue,
     redis_conn: redis.Redis,
     runtime: worker_runtime.Runtime,
     sotion_api: SotionClient,
 ) -> None:
+    event_id = deliver(client, "customer.subscription.created", subscription(), created=T0)
+    drain(queue)
+
+    job = job_of(queue, event_id)
+    assert job.id not in queue.failed_job_registry.get_job_ids()
+    (parked,) = parked_events(queue)
+    assert "STRIPE_API_KEY" in parked.reason
+    assert redis_conn.hget(METRICS_KEY, "bridge_jobs|outcome=parked") == b"1"
+    assert redis_conn.hget(METRICS_KEY, "bridge_jobs|outcome=failed") is None
+    assert sotion_api.find_member_by_email(EMAIL) is None
+
+
+def test_subscription_of_an_unknown_customer_without_parking_fails_once_with_the_reason(
+    client: FlaskClient,
+    queue: Queue,
+    redis_conn: redis.Redis,
+    settings: Settings,
+    runtime: worker_runtime.Runtime,
+    sotion_api: SotionClient,
+) -> None:
+    worker_runtime.configure(dataclasses.replace(settings, park_hours=0), redis_conn)
     event_id = deliver(client, "customer.subscription.created", subscription(), created=T0)
     drain(queue)
 

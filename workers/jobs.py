@@ -6,35 +6,73 @@ import math
 from typing import Any
 
 from rq import get_current_job
+from rq.exceptions import ShutDownImminentException
 
 from bridge import metrics
 from bridge.events import MembershipEvent
 from bridge.sotion import RateLimitedError
 from workers import runtime
+from workers.resolve import EmailUnknownError, UnresolvedError
 
 
-def apply_membership_event(payload: dict[str, Any]) -> dict[str, Any]:
-    """Apply one normalized event to its member's ledger and to Sotion."""
+def apply_membership_event(payload: dict[str, Any], final: bool = False) -> dict[str, Any]:
+    """Apply one normalized event to its member's ledger and to Sotion.
+
+    An event whose buyer is not known yet is parked (``workers/parking.py``) unless this
+    is its ``final`` run, at the end of the parking time.
+    """
     event = MembershipEvent.from_json(payload)
     current = runtime.current()
+    job = get_current_job()
     try:
-        outcome = current.applier.apply(event).to_json()
+        try:
+            outcome = current.applier.apply(event, holder=job.id if job else None).to_json()
+        except EmailUnknownError as exc:
+            if final:
+                raise UnresolvedError(
+                    f"parked {current.settings.park_hours:g} h and no event named the buyer: {exc}"
+                ) from exc
+            parked = current.parking.park(event, str(exc))
+            if parked is not None:
+                metrics.count(current.redis, "bridge_jobs", outcome="parked")
+                return {"event": event.dedupe_key, "parked": parked, "reason": str(exc)}
+            # Its email was learned meanwhile: apply it now.
+            outcome = current.applier.apply(event, holder=job.id if job else None).to_json()
+    except ShutDownImminentException:
+        put_back_now()
+        raise
     except Exception as exc:
         retrying = steer_retry(exc)
         metrics.count(current.redis, "bridge_jobs", outcome="retrying" if retrying else "failed")
         raise
+    current.parking.wake(event)
     metrics.count(current.redis, "bridge_jobs", outcome="applied")
     return outcome
 
 
 def resync_member(email: str) -> dict[str, Any]:
     """Bring one member in line with their ledger (scheduled when a grace runs out)."""
+    job = get_current_job()
     try:
-        actions = runtime.current().applier.resync(email)
+        actions = runtime.current().applier.resync(email, holder=job.id if job else None)
+    except ShutDownImminentException:
+        put_back_now()
+        raise
     except Exception as exc:
         steer_retry(exc)
         raise
     return {"actions": actions}
+
+
+def put_back_now() -> None:
+    """The worker is stopping: the interrupted job goes straight back on the queue."""
+    job = get_current_job()
+    if job is None or not job.retries_left:
+        return
+    if job.retry_intervals:
+        index = max(len(job.retry_intervals) - job.retries_left, 0)
+        if index < len(job.retry_intervals):
+            job.retry_intervals[index] = 0
 
 
 def steer_retry(exc: BaseException) -> bool:

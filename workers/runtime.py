@@ -17,6 +17,7 @@ from bridge.sotion import SotionAPI, client_from_settings
 from bridge.stripe_api import StripeAPI
 from workers.budget import SharedBudget
 from workers.groups import resolve_groups
+from workers.parking import Parking
 from workers.resolve import Resolver
 from workers.store import Store
 from workers.sync import Applier
@@ -35,6 +36,7 @@ class Runtime:
     sotion: SotionAPI
     applier: Applier
     catalog: Catalog | None
+    parking: Parking
 
 
 _current: Runtime | None = None
@@ -98,7 +100,13 @@ def build(settings: Settings, connection: redis.Redis | None = None) -> Runtime:
         catalog=catalog,
         schedule_resync=schedule_resync,
     )
-    return Runtime(settings, connection, store, sotion, applier, catalog)
+    parking = Parking(
+        queue,
+        store,
+        park_seconds=settings.park_hours * 3600,
+        retry_policy=retry_policy(settings),
+    )
+    return Runtime(settings, connection, store, sotion, applier, catalog, parking)
 
 
 def configure(settings: Settings, connection: redis.Redis | None = None) -> Runtime:
