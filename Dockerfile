@@ -11,4 +11,4 @@ USER bridge
 ENV PORT=8000
 EXPOSE 8000
 # The same processes as the Procfile; compose picks one per service.
-CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:$PORT --workers ${WEB_CONCURRENCY:-2} 'bridge.app:create_app()'"]
+CMD ["sh", "-c", "exec gunicorn -c python:bridge.gunicorn_conf --bind 0.0.0.0:$PORT --workers ${WEB_CONCURRENCY:-2} 'bridge.app:create_app()'"]

@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 
 # The Stripe signing secret `bridge run --sandbox` uses unless one is set.
 SANDBOX_STRIPE_SECRET = "whsec_sandbox"
-# Seconds children get to finish their current work after SIGTERM.
-GRACE_SECONDS = 20
+# Seconds children get to finish their current work after SIGTERM: the worker's own
+# grace for its running job (workers/worker.py) and gunicorn's, plus a margin.
+GRACE_SECONDS = 28
 
 
 def gunicorn_command(host: str, port: int) -> list[str]:
@@ -28,6 +29,8 @@ def gunicorn_command(host: str, port: int) -> list[str]:
         sys.executable,
         "-m",
         "gunicorn",
+        "-c",
+        "python:bridge.gunicorn_conf",
         "--bind",
         f"{host}:{port}",
         "--workers",
