@@ -99,7 +99,7 @@ class Parking:
             event.to_json(),
             final=True,
             job_id=job_id,
-            timeout=JOB_TIMEOUT,
+            job_timeout=JOB_TIMEOUT,
             result_ttl=RESULT_TTL,
             failure_ttl=FAILURE_TTL,
             retry=self.retry_policy.rq_retry(),

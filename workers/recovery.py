@@ -47,11 +47,19 @@ def _requeue(queue: Queue, job_id: str) -> bool:
     recoveries = int(job.meta.get("recoveries", 0))
     if recoveries >= MAX_IMMEDIATE_RECOVERIES:
         return False  # RQ's cleanup retries it on schedule, then fails it
-    job.meta["recoveries"] = recoveries + 1
+    registry = queue.started_job_registry
+    # The registry holds `job_id:execution_id` entries; the dead execution's own record
+    # has expired with it, so the entries are found by their job id.
+    entries = [
+        entry
+        for entry in queue.connection.zrange(registry.key, 0, -1)
+        if registry.parse_job_id(entry) == job.id
+    ]
+    job.meta["recoveries"] = recoveries + 1  # saved with the job by enqueue_job
     with queue.connection.pipeline() as pipe:
-        queue.started_job_registry.remove_executions(job, pipeline=pipe)
-        job.save_meta()  # type: ignore[no-untyped-call]
-        queue.enqueue_job(job, pipeline=pipe, at_front=True)
+        queue.enqueue_job(job, pipeline=pipe, at_front=True)  # starts the MULTI
+        if entries:
+            pipe.zrem(registry.key, *entries)  # type: ignore[arg-type]
         pipe.execute()
     log.warning("re-queued a job whose worker died job=%s recoveries=%d", job.id, recoveries + 1)
     return True

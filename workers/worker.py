@@ -124,9 +124,11 @@ def run(settings: Settings, *, burst: bool = False, name: str | None = None) -> 
     worked = False
     wait = 0.5
     while True:
-        worker = BridgeWorker([bridge_queue(connection)], connection=connection, name=name)
+        worker: BridgeWorker | None = None
         started = time.monotonic()
         try:
+            # Building the worker talks to Redis too (it names its connection).
+            worker = BridgeWorker([bridge_queue(connection)], connection=connection, name=name)
             worked = (
                 bool(
                     worker.work(with_scheduler=True, burst=burst, logging_level=settings.log_level)
@@ -135,7 +137,9 @@ def run(settings: Settings, *, burst: bool = False, name: str | None = None) -> 
             )
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("redis is unreachable (%s); trying again", type(exc).__name__)
-        if burst or worker.stop_signalled:
+        except StopRequested:  # a signal while a new loop was being set up
+            return worked
+        if burst or (worker is not None and worker.stop_signalled):
             return worked
         log.warning("the work loop stopped (redis went away?); starting it again")
         if time.monotonic() - started > 60:
