@@ -28,7 +28,7 @@ class FailedJob:
 def failed_jobs(queue: Queue, limit: int = 100) -> list[FailedJob]:
     """The most recent failed jobs with the reason each one failed."""
     registry = queue.failed_job_registry
-    job_ids = registry.get_job_ids(0, limit - 1)
+    job_ids = registry.get_job_ids(0, limit - 1, cleanup=False)
     jobs = Job.fetch_many(job_ids, connection=queue.connection, serializer=queue.serializer)
     return [_describe(job) for job in jobs if job is not None]
 

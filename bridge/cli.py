@@ -181,13 +181,14 @@ def run(host: str, port: int | None, use_sandbox: bool, sandbox_port: int) -> No
 @click.option("--burst", is_flag=True, help="Stop once the queue is empty.")
 def worker(burst: bool) -> None:
     """Run one RQ worker with its scheduler on the bridge's queue."""
+    from workers.worker import WorkerLoopError
     from workers.worker import run as run_worker
 
     settings = _settings()
     logs.configure(settings.log_level)
     try:
         run_worker(settings, burst=burst)
-    except SettingsError as exc:
+    except (SettingsError, WorkerLoopError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -284,7 +285,7 @@ def jobs_replay(job_ids: tuple[str, ...], replay_all: bool) -> None:
     if not job_ids and not replay_all:
         raise click.UsageError("name JOB_IDs or pass --all")
     queue = bridge_queue(connect(_settings()))
-    ids = list(job_ids) or queue.failed_job_registry.get_job_ids()
+    ids = list(job_ids) or queue.failed_job_registry.get_job_ids(cleanup=False)
     replayed, missing = admin.replay(queue, ids)
     click.echo(f"replayed {len(replayed)} job(s)")
     if missing:

@@ -1,12 +1,14 @@
 """The entitlement ledger: what each email has bought, merged so stale events never win.
 
-An entitlement holds two registers, each merged on its own so that any order of
-delivery ends in the same value:
+An entitlement holds registers, each merged on its own so that any order of delivery
+ends in the same value:
 - its lifecycle (pending, active, past_due, ended), from the newest event that names one;
+- its products (price, product, variant ids), from the newest event that names them
+  (a Checkout Session names none; the subscription's events do);
 - its disputes, one register per dispute (a subscription's renewals can each be disputed),
   from the newest event about that dispute.
 
-Both registers follow the same rule: an older event is stale and ignored; equal
+All follow the same rule: an older event is stale and ignored; equal
 timestamps (Stripe's are whole seconds) are not strict: the later stage wins.
 
 Pure functions over values; the Redis storage lives in ``workers/store.py``.
@@ -47,6 +49,8 @@ class Entitlement:
     event_id: str
     products: tuple[str, ...] = ()
     disputes: tuple[Dispute, ...] = ()  # sorted by id
+    # When the products were last named (their own register: not every event names them).
+    products_at: float = UNKNOWN_AT
 
     def to_json(self) -> dict[str, Any]:
         """JSON-serializable form for storage."""
@@ -57,6 +61,7 @@ class Entitlement:
             "occurred_at": self.occurred_at,
             "event_id": self.event_id,
             "products": list(self.products),
+            "products_at": self.products_at,
         }
         if self.disputes:
             data["disputes"] = {d.id: {"state": d.state.value, "at": d.at} for d in self.disputes}
@@ -87,6 +92,8 @@ class Entitlement:
             event_id=str(data["event_id"]),
             products=tuple(data.get("products") or ()),
             disputes=disputes,
+            # Stored before products had a clock of their own: the lifecycle's.
+            products_at=float(data.get("products_at", occurred_at)),
         )
 
     def dispute(self, ident: str) -> Dispute | None:
@@ -99,7 +106,8 @@ def merge(current: Entitlement | None, event: MembershipEvent, key: str) -> Enti
 
     The lifecycle moves only for an event at least as new as the one it holds (a newer
     event in the same state still moves the watermark, so an older one delivered after
-    it stays stale). A dispute's register moves the same way, on its own clock.
+    it stays stale). The products and each dispute's register move the same way, each on
+    its own clock, so the result never depends on the order of delivery.
     """
     if not event.changes_entitlement:
         return None
@@ -109,18 +117,19 @@ def merge(current: Entitlement | None, event: MembershipEvent, key: str) -> Enti
         state=EntitlementState.PENDING,
         occurred_at=UNKNOWN_AT,
         event_id="",
+        products_at=UNKNOWN_AT,
     )
     merged = replace(base, key=key)
-    if event.state is not None and _replaces_lifecycle(base, event):
+    if event.state is not None and _replaces_lifecycle(
+        base.state, base.occurred_at, event.state, event.occurred_at
+    ):
         merged = replace(
-            merged,
-            state=event.state,
-            occurred_at=event.occurred_at,
-            event_id=event.event_id,
-            products=event.products or base.products,
+            merged, state=event.state, occurred_at=event.occurred_at, event_id=event.event_id
         )
-    elif event.state is None and event.products and not base.products:
-        merged = replace(merged, products=event.products)
+    if event.products and _replaces_products(
+        base.products, base.products_at, event.products, event.occurred_at
+    ):
+        merged = replace(merged, products=event.products, products_at=event.occurred_at)
     if event.dispute is not None:
         merged = _merge_dispute(merged, event.dispute_id, event.dispute, event.occurred_at)
         if merged.dispute(LEGACY_DISPUTE) is not None:
@@ -129,6 +138,24 @@ def merge(current: Entitlement | None, event: MembershipEvent, key: str) -> Enti
     if current is not None and merged == current:
         return None  # a replay or a stale event: nothing new
     return merged
+
+
+def newest(current: Entitlement | None, other: Entitlement) -> Entitlement:
+    """Two records of one purchase folded into one: each register keeps its newer value."""
+    if current is None:
+        return other
+    folded = current
+    if _replaces_lifecycle(current.state, current.occurred_at, other.state, other.occurred_at):
+        folded = replace(
+            folded, state=other.state, occurred_at=other.occurred_at, event_id=other.event_id
+        )
+    if other.products and _replaces_products(
+        current.products, current.products_at, other.products, other.products_at
+    ):
+        folded = replace(folded, products=other.products, products_at=other.products_at)
+    for dispute in other.disputes:
+        folded = _merge_dispute(folded, dispute.id, dispute.state, dispute.at)
+    return folded
 
 
 def _merge_dispute(
@@ -142,20 +169,22 @@ def _merge_dispute(
     return replace(entitlement, disputes=tuple(disputes))
 
 
-def _replaces_lifecycle(held: Entitlement, event: MembershipEvent) -> bool:
-    """Whether the event's lifecycle replaces the one held.
+def _replaces_lifecycle(
+    held: EntitlementState, held_at: float, state: EntitlementState, at: float
+) -> bool:
+    """Newer wins; at the same time the later stage; the same state again changes nothing."""
+    if at == held_at and state is held:
+        return False
+    return _wins(at, state.precedence, held_at, held.precedence)
 
-    Newer wins; at the same time, the later stage wins. An exact tie (same time and
-    state) changes nothing unless it names other products, and then the greater event
-    id wins, so the outcome never depends on which of the two arrived first.
-    """
-    assert event.state is not None
-    if event.occurred_at != held.occurred_at or event.state is not held.state:
-        return _wins(
-            event.occurred_at, event.state.precedence, held.occurred_at, held.state.precedence
-        )
-    products = event.products or held.products
-    return products != held.products and event.event_id > held.event_id
+
+def _replaces_products(
+    held: tuple[str, ...], held_at: float, products: tuple[str, ...], at: float
+) -> bool:
+    """Newer wins; two lists of the same time: the greater, so no order of arrival matters."""
+    if at != held_at:
+        return at > held_at
+    return products > held
 
 
 def _wins(at: float, precedence: int, held_at: float, held_precedence: int) -> bool:
@@ -163,24 +192,3 @@ def _wins(at: float, precedence: int, held_at: float, held_precedence: int) -> b
     if at != held_at:
         return at > held_at
     return precedence >= held_precedence
-
-
-def newest(current: Entitlement | None, other: Entitlement) -> Entitlement:
-    """Two records of one purchase folded into one: each register keeps its newer value."""
-    if current is None:
-        return other
-    if _wins(
-        other.occurred_at, other.state.precedence, current.occurred_at, current.state.precedence
-    ):
-        folded = replace(
-            current,
-            state=other.state,
-            occurred_at=other.occurred_at,
-            event_id=other.event_id,
-            products=other.products or current.products,
-        )
-    else:
-        folded = replace(current, products=current.products or other.products)
-    for dispute in other.disputes:
-        folded = _merge_dispute(folded, dispute.id, dispute.state, dispute.at)
-    return folded

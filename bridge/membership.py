@@ -144,7 +144,7 @@ def plan_changes(
     member: MemberSnapshot | None,
     *,
     bridge_blocked: bool,
-    bridge_paid: bool = True,
+    bridge_paid: bool,
     bridge_groups: frozenset[str] = frozenset(),
     policy: Policy,
 ) -> Plan:

@@ -46,11 +46,13 @@ class RedisCollector(Collector):
         up = GaugeMetricFamily("bridge_redis_up", "1 when Redis answered the scrape")
         try:
             raw = self.queue.connection.hgetall(METRICS_KEY)
+            # cleanup=False: a scrape must never run RQ's cleanup of abandoned jobs, which
+            # the workers do under their maintenance lock (workers/recovery.py).
             depths = {
                 "queued": self.queue.count,
-                "started": self.queue.started_job_registry.count,
-                "scheduled": self.queue.scheduled_job_registry.count,
-                "failed": self.queue.failed_job_registry.count,
+                "started": self.queue.started_job_registry.get_job_count(cleanup=False),
+                "scheduled": self.queue.scheduled_job_registry.get_job_count(cleanup=False),
+                "failed": self.queue.failed_job_registry.get_job_count(cleanup=False),
             }
         except redis.RedisError:
             up.add_metric([], 0)

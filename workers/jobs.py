@@ -23,10 +23,9 @@ def apply_membership_event(payload: dict[str, Any], final: bool = False) -> dict
     """
     event = MembershipEvent.from_json(payload)
     current = runtime.current()
-    job = get_current_job()
     try:
         try:
-            outcome = current.applier.apply(event, holder=job.id if job else None).to_json()
+            outcome = current.applier.apply(event).to_json()
         except EmailUnknownError as exc:
             if final:
                 raise UnresolvedError(
@@ -37,7 +36,7 @@ def apply_membership_event(payload: dict[str, Any], final: bool = False) -> dict
                 metrics.count(current.redis, "bridge_jobs", outcome="parked")
                 return {"event": event.dedupe_key, "parked": parked, "reason": str(exc)}
             # Its email was learned meanwhile: apply it now.
-            outcome = current.applier.apply(event, holder=job.id if job else None).to_json()
+            outcome = current.applier.apply(event).to_json()
     except ShutDownImminentException:
         put_back_now()
         raise
@@ -52,9 +51,8 @@ def apply_membership_event(payload: dict[str, Any], final: bool = False) -> dict
 
 def resync_member(email: str) -> dict[str, Any]:
     """Bring one member in line with their ledger (scheduled when a grace runs out)."""
-    job = get_current_job()
     try:
-        actions = runtime.current().applier.resync(email, holder=job.id if job else None)
+        actions = runtime.current().applier.resync(email)
     except ShutDownImminentException:
         put_back_now()
         raise
@@ -65,14 +63,17 @@ def resync_member(email: str) -> dict[str, Any]:
 
 
 def put_back_now() -> None:
-    """The worker is stopping: the interrupted job goes straight back on the queue."""
+    """The worker is stopping: the interrupted job goes straight back on the queue.
+
+    A stop is not the job's failure: it costs none of its retries, even its last one.
+    """
     job = get_current_job()
-    if job is None or not job.retries_left:
+    if job is None:
         return
+    job.retries_left = (job.retries_left or 0) + 1
     if job.retry_intervals:
         index = max(len(job.retry_intervals) - job.retries_left, 0)
-        if index < len(job.retry_intervals):
-            job.retry_intervals[index] = 0
+        job.retry_intervals[min(index, len(job.retry_intervals) - 1)] = 0
 
 
 def steer_retry(exc: BaseException) -> bool:

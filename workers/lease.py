@@ -2,9 +2,10 @@
 
 redis-py's ``Lock`` has a fixed timeout: long enough for the slowest job, it holds up every
 other job of the email for that long after a crash. A lease is short instead (seconds) and
-renewed by a thread while its holder runs, so a SIGKILLed holder frees it within one TTL.
-It is also named: the re-run of the same job (a crashed job RQ runs again) takes over
-what its dead run left at once.
+renewed by a thread while its holder runs, so a SIGKILLed holder frees it within one TTL,
+before the dead job's own re-run starts (``workers/worker.py``: a job's heartbeat outlives
+the lease). A holder that stalls past its TTL loses the lease; :meth:`Lease.ensure` tells
+it so before each write it makes.
 """
 
 from __future__ import annotations
@@ -19,13 +20,6 @@ import redis
 
 log = logging.getLogger(__name__)
 
-# Take the lease if it is free or held by an earlier run of the same holder.
-_ACQUIRE = """
-local held = redis.call('GET', KEYS[1])
-if held and string.sub(held, 1, string.len(ARGV[1])) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-"""
 # Extend the lease only while it is still ours.
 _RENEW = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -46,6 +40,12 @@ class LeaseBusyError(Exception):
     retryable = True
 
 
+class LeaseLostError(Exception):
+    """The lease expired while held (its holder stalled); stop writing and retry later."""
+
+    retryable = True
+
+
 class Lease:
     """``with Lease(...):`` holds ``key`` for the block, renewing it every third of ``ttl``."""
 
@@ -56,7 +56,6 @@ class Lease:
         *,
         ttl: float,
         wait: float,
-        holder: str | None = None,
         label: str = "-",
     ) -> None:
         self.redis = connection
@@ -64,9 +63,7 @@ class Lease:
         self.label = label  # what log lines name (never the key: it holds an email)
         self.ttl_ms = int(ttl * 1000)
         self.wait = wait
-        # The holder's name prefixes a token unique to this run.
-        self._prefix = f"{holder or uuid.uuid4().hex}|"
-        self.token = f"{self._prefix}{uuid.uuid4().hex}"
+        self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
         self.lost = False
@@ -74,7 +71,7 @@ class Lease:
     def acquire(self) -> None:
         """Take the lease, waiting up to ``wait`` seconds; LeaseBusyError when it stays busy."""
         deadline = time.monotonic() + self.wait
-        while not self.redis.eval(_ACQUIRE, 1, self.key, self._prefix, self.token, self.ttl_ms):
+        while not self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms):
             if time.monotonic() >= deadline:
                 raise LeaseBusyError("another job of this email is still running")
             time.sleep(POLL_SECONDS)
@@ -82,6 +79,12 @@ class Lease:
             target=self._renew, name=f"lease {self.label}", daemon=True
         )
         self._renewer.start()
+
+    def ensure(self) -> None:
+        """Raise LeaseLostError unless the lease is still ours (call before each write)."""
+        if self.lost or self.redis.get(self.key) != self.token.encode():
+            self.lost = True
+            raise LeaseLostError("the email's lock expired while held; retrying")
 
     def release(self) -> None:
         """Stop renewing and give the lease up (a no-op if it was lost meanwhile)."""

@@ -27,6 +27,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
 from bridge.events import MembershipEvent
+from bridge.intake import DEDUPE_PREFIX
 from bridge.queues import APPLY_EVENT_JOB, FAILURE_TTL, JOB_TIMEOUT, RESULT_TTL
 from bridge.retry import RetryPolicy
 from workers.resolve import subjects
@@ -35,6 +36,8 @@ from workers.store import Store
 log = logging.getLogger(__name__)
 
 PREFIX = "bridge:parked:"
+# Parked jobs' ids start with this (one job per event: a hash of its dedupe key).
+PARKED_JOB_PREFIX = "parked-"
 # The index outlives the parking time by a day, then cleans itself up.
 INDEX_SLACK_SECONDS = 24 * 3600
 
@@ -51,12 +54,14 @@ for i = n + 1, #KEYS do
 end
 return 1
 """
-# Take (and forget) every job parked under any of KEYS.
-_TAKE = """
+# The jobs parked under the ids whose email is known by now: KEYS = pairs of
+# (alias key, index key). An id whose email is still unknown wakes nothing.
+_FIND = """
 local found = {}
-for i = 1, #KEYS do
-  for _, id in ipairs(redis.call('SMEMBERS', KEYS[i])) do table.insert(found, id) end
-  redis.call('DEL', KEYS[i])
+for i = 1, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    for _, id in ipairs(redis.call('SMEMBERS', KEYS[i + 1])) do table.insert(found, id) end
+  end
 end
 return found
 """
@@ -110,35 +115,54 @@ class Parking:
         keys += [_index_key(event.provider, ref) for ref in ids]
         ttl = int(self.park_seconds + INDEX_SLACK_SECONDS)
         if self.queue.connection.eval(_PARK, len(keys), *keys, job_id, ttl):
+            # A resend from the provider now finds the parked job: a duplicate while it
+            # waits, accepted again once it has failed for good (bridge/intake.py).
+            self.queue.connection.set(
+                DEDUPE_PREFIX + event.dedupe_key, job_id, xx=True, keepttl=True
+            )
             log.info("parked event=%s job=%s until the buyer is known", event.dedupe_key, job_id)
             return job_id
         self._cancel(job_id)
         return None
 
     def wake(self, event: MembershipEvent) -> list[str]:
-        """Move the jobs parked under any id of ``event`` to the front of the queue."""
+        """Move the jobs parked under an id whose email ``event`` taught to the queue's front."""
         ids = subjects(event)
         if not ids:
             return []
-        keys = [_index_key(event.provider, ref) for ref in ids]
-        found = self.queue.connection.eval(_TAKE, len(keys), *keys)
+        index_keys = [_index_key(event.provider, ref) for ref in ids]
+        keys = []
+        for ref, index_key in zip(ids, index_keys, strict=True):
+            keys += [self.store.email_key(event.provider, ref), index_key]
+        found = self.queue.connection.eval(_FIND, len(keys), *keys)
         woken = []
-        registry = self.queue.scheduled_job_registry
         for raw in dict.fromkeys(found):
             job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-            # Only the waker that takes it out of the scheduled registry enqueues it.
-            if not registry.remove(job_id):
-                continue
-            try:
-                job = Job.fetch(
-                    job_id, connection=self.queue.connection, serializer=self.queue.serializer
-                )
-            except NoSuchJobError:
-                continue
-            self.queue.enqueue_job(job, at_front=True)
-            woken.append(job_id)
-            log.info("woke a parked event job=%s by=%s", job_id, event.dedupe_key)
+            if self._enqueue_parked(job_id, index_keys):
+                woken.append(job_id)
+                log.info("woke a parked event job=%s by=%s", job_id, event.dedupe_key)
         return woken
+
+    def _enqueue_parked(self, job_id: str, index_keys: list[str]) -> bool:
+        """Move one parked job from the scheduled registry to the queue, in one MULTI."""
+        connection = self.queue.connection
+        registry = self.queue.scheduled_job_registry
+        try:
+            job = Job.fetch(job_id, connection=connection, serializer=self.queue.serializer)
+        except NoSuchJobError:
+            job = None
+        with connection.pipeline() as pipe:
+            if job is not None and connection.zscore(registry.key, job_id) is not None:
+                self.queue.enqueue_job(job, pipeline=pipe, at_front=True)  # starts the MULTI
+                pipe.zrem(registry.key, job_id)
+            else:
+                pipe.multi()  # already run or gone: only the index entry is left to drop
+                job = None
+            pipe.srem(index_keys[0], job_id)
+            for key in index_keys[1:]:
+                pipe.srem(key, job_id)
+            pipe.execute()
+        return job is not None
 
     def _cancel(self, job_id: str) -> None:
         try:
@@ -153,9 +177,8 @@ class Parking:
 def parked_events(queue: Queue, limit: int = 1000) -> list[ParkedEvent]:
     """The parked events still waiting for their buyer's email, oldest deadline first."""
     registry = queue.scheduled_job_registry
-    jobs = Job.fetch_many(
-        registry.get_job_ids(0, limit - 1), connection=queue.connection, serializer=queue.serializer
-    )
+    ids = [i for i in registry.get_job_ids(cleanup=False) if i.startswith(PARKED_JOB_PREFIX)]
+    jobs = Job.fetch_many(ids[:limit], connection=queue.connection, serializer=queue.serializer)
     found = []
     for job in jobs:
         if job is None or "parked" not in (job.meta or {}):
@@ -176,7 +199,7 @@ def parked_events(queue: Queue, limit: int = 1000) -> list[ParkedEvent]:
 def parked_job_id(event: MembershipEvent) -> str:
     """The parked job of an event (one per event, however often it is parked)."""
     digest = hashlib.sha256(event.dedupe_key.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"parked-{digest[:24]}"
+    return f"{PARKED_JOB_PREFIX}{digest[:24]}"
 
 
 def _index_key(provider: str, ref: str) -> str:

@@ -22,7 +22,7 @@ from rq.utils import as_text
 
 from bridge.events import MembershipEvent, mask_email
 from bridge.ledger import Entitlement
-from workers.lease import Lease, LeaseBusyError
+from workers.lease import Lease
 
 PREFIX = "bridge:"
 # Learned aliases are kept for a year: refunds and disputes can come months later.
@@ -42,9 +42,6 @@ PAYMENT_REFS = (
     "order",
     "sale",
 )
-
-
-LockBusyError = LeaseBusyError
 
 
 @dataclass(frozen=True)
@@ -176,19 +173,17 @@ class Store:
     # -- locks -----------------------------------------------------------------------
 
     @contextmanager
-    def email_lock(self, email: str, holder: str | None = None) -> Iterator[None]:
+    def email_lock(self, email: str) -> Iterator[Lease]:
         """Hold the email's lock: no two jobs of one email interleave their Sotion calls.
 
-        ``holder`` names the job: its re-run after a crash takes over the lease its dead
-        run left, instead of waiting for it to expire.
+        The lock is a lease (``workers/lease.py``): call its ``ensure()`` before each write.
         """
         lease = Lease(
             self.redis,
             f"{PREFIX}lock:{email}",
             ttl=LOCK_TIMEOUT_SECONDS,
             wait=LOCK_WAIT_SECONDS,
-            holder=holder,
             label=mask_email(email),
         )
         with lease:
-            yield
+            yield lease

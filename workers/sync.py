@@ -84,11 +84,8 @@ class Applier:
         self.schedule_resync = schedule_resync
         self._clock = clock
 
-    def apply(self, event: MembershipEvent, *, holder: str | None = None) -> Outcome:
-        """Merge the event into its email's ledger and sync that member to Sotion.
-
-        ``holder`` names the job, so its re-run after a crash takes the email's lock over.
-        """
+    def apply(self, event: MembershipEvent) -> Outcome:
+        """Merge the event into its email's ledger and sync that member to Sotion."""
         key = self.resolver.entitlement(event)
         owner = self.store.owner_of(key) if key is not None else None
         if owner is None and self._unlisted(event):
@@ -105,10 +102,12 @@ class Applier:
         self.store.learn(event, email, key)
         event = self.resolver.refresh(event, key)
         outcome = Outcome(event=event.dedupe_key, email=mask_email(email), entitlement=key)
-        with self.store.email_lock(email, holder):
+        with self.store.email_lock(email) as lease:
             if key is not None:
                 outcome.ledger_changed = self._record(email, key, event)
-            outcome.actions = self.sync_member(email, display_name=event.display_name)
+            outcome.actions = self.sync_member(
+                email, display_name=event.display_name, guard=lease.ensure
+            )
         log.info(
             "applied event=%s email=%s entitlement=%s changed=%s actions=%s",
             outcome.event,
@@ -127,10 +126,10 @@ class Applier:
             and self.catalog.rule_for(event.provider, event.products) is None
         )
 
-    def resync(self, email: str, *, holder: str | None = None) -> list[str]:
+    def resync(self, email: str) -> list[str]:
         """Bring one email's member in line with its ledger (e.g. when a grace runs out)."""
-        with self.store.email_lock(email, holder):
-            return self.sync_member(email)
+        with self.store.email_lock(email) as lease:
+            return self.sync_member(email, guard=lease.ensure)
 
     def _record(self, email: str, key: str, event: MembershipEvent) -> bool:
         """Merge the event into the ledger; True when the ledger changed."""
@@ -159,8 +158,16 @@ class Applier:
             self.schedule_resync(email, merged.occurred_at + grace + 1)
         return True
 
-    def sync_member(self, email: str, *, display_name: str | None = None) -> list[str]:
+    def sync_member(
+        self,
+        email: str,
+        *,
+        display_name: str | None = None,
+        guard: Callable[[], None] = lambda: None,
+    ) -> list[str]:
         """Make the Sotion member match the ledger; returns the calls made (caller locks).
+
+        ``guard`` runs before every write: the email's lease raises there if it was lost.
 
         What the bridge is about to set is recorded as its own before the call, and what
         it is about to undo is forgotten only after: a crash between the two never leaves
@@ -176,11 +183,15 @@ class Applier:
         plan = self._plan(desired, member, record)
         actions: list[str] = []
         if plan.create:
+            # On a 409 someone else made the member: nothing on it is the bridge's yet.
+            disowned = replace(record, bridge_blocked=False, bridge_paid=False)
             self._claim(email, record, plan)
-            member, created_groups = self._create(email, display_name, desired, plan, actions)
+            guard()
+            member, created_groups = self._create(
+                email, display_name, desired, plan, actions, disowned
+            )
             if actions[-1:] == ["create:conflict"]:
-                # Someone else made the member: nothing on it is the bridge's yet.
-                record = replace(record, bridge_blocked=False, bridge_paid=False)
+                record = disowned
             else:
                 record = replace(
                     record,
@@ -197,14 +208,17 @@ class Applier:
         if not plan.empty:
             self._claim(email, record, plan)
         if plan.patch:
+            guard()
             member = self._patch(email, member.id, plan.patch)
             actions.append("patch:" + ",".join(f"{k}={v}" for k, v in sorted(plan.patch.items())))
         groups = set(record.groups)
         for group_id in sorted(plan.add_groups):
+            guard()
             self._add_group(group_id, member.id)
             groups.add(group_id)
             actions.append(f"add-group:{group_id}")
         for group_id in sorted(plan.remove_groups):
+            guard()
             self._remove_group(group_id, member.id)
             groups.discard(group_id)
             actions.append(f"remove-group:{group_id}")
@@ -258,8 +272,12 @@ class Applier:
         desired: DesiredMember,
         plan: Plan,
         actions: list[str],
+        disowned: MemberRecord,
     ) -> tuple[Member, frozenset[str]]:
-        """Create the member (with their groups); on 409 return the existing one."""
+        """Create the member (with their groups); on 409 return the existing one.
+
+        On a 409 the record becomes ``disowned`` before any lookup that could fail.
+        """
         try:
             member = self.sotion.create_member(
                 email,
@@ -272,6 +290,7 @@ class Applier:
             return member, plan.add_groups
         except ConflictError:
             # Created concurrently (another job, or a signup): use theirs and patch it.
+            self.store.save_member_record(email, disowned)
             existing = self.sotion.find_member_by_email(email)
             if existing is None:
                 raise TransientError("Sotion said 409 but the member is not listed yet") from None

@@ -19,6 +19,7 @@ the worker exits before Heroku's SIGKILL at 30 s.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from contextlib import suppress
 from types import FrameType
@@ -59,6 +60,9 @@ MAINTENANCE_LOCK_SECONDS = 30
 SHUTDOWN_GRACE_SECONDS = 20
 # RQ waits at most this long between two tries to reach Redis (its default is 60 s).
 REDIS_RETRY_MAX_SECONDS = 5.0
+# Restarts of a work loop that ran under a minute, before a worker whose Redis answers
+# gives up (a bug, not an outage).
+MAX_QUICK_RESTARTS = 5
 # RQ's idle wait is its worker TTL less 15 s.
 _WORKER_TTL = IDLE_WAKE_SECONDS + 15
 
@@ -115,14 +119,18 @@ class BridgeWorker(HerokuWorker):
 def run(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
     """Work the queue until stopped (or, with ``burst``, until it is empty).
 
-    RQ's loop quits when Redis stops answering in the middle of it; this one starts it
-    again once Redis is back, so a Redis restart never needs a worker restart.
+    RQ's loop quits when Redis stops answering (or answers too slowly) in the middle of
+    it; this one starts it again once Redis is back, so a Redis restart never needs a
+    worker restart. A loop that keeps quitting at once while Redis answers has met a
+    bug: after ``MAX_QUICK_RESTARTS`` that is an error exit (the platform restarts the
+    process, and its log shows why).
     """
     connection = connect(settings)
     runtime.configure(settings, connection)
     warn_about_persistence(connection)
     worked = False
     wait = 0.5
+    quick_restarts = 0
     while True:
         worker: BridgeWorker | None = None
         started = time.monotonic()
@@ -141,14 +149,38 @@ def run(settings: Settings, *, burst: bool = False, name: str | None = None) -> 
             return worked
         if burst or (worker is not None and worker.stop_signalled):
             return worked
-        log.warning("the work loop stopped (redis went away?); starting it again")
+        if worker is not None:
+            _stop_orphaned_horse(worker)
         if time.monotonic() - started > 60:
-            wait = 0.5  # it had been running: not a crash loop
+            wait, quick_restarts = 0.5, 0  # it had been running: not a crash loop
+        quick_restarts += 1
+        if quick_restarts > MAX_QUICK_RESTARTS and _redis_answers(connection):
+            raise WorkerLoopError("the RQ work loop keeps stopping although Redis answers")
+        log.warning("the work loop stopped (redis went away?); starting it again")
         try:
             time.sleep(wait)
         except StopRequested:  # a signal between two loops (RQ's handlers are still set)
             return worked
         wait = min(wait * 2, REDIS_RETRY_MAX_SECONDS)
+
+
+class WorkerLoopError(RuntimeError):
+    """RQ's work loop stopped although Redis answers: a bug, not an outage."""
+
+
+def _stop_orphaned_horse(worker: BridgeWorker) -> None:
+    """A loop that quit mid-job leaves its work horse running: stop it, so the job's
+    re-run (after its heartbeat expires) never runs beside it."""
+    if worker.horse_pid:
+        worker.kill_horse(signal.SIGKILL)
+        worker.wait_for_horse()
+
+
+def _redis_answers(connection: redis.Redis) -> bool:
+    try:
+        return bool(connection.ping())
+    except redis.RedisError:
+        return False
 
 
 def warn_about_persistence(connection: redis.Redis) -> None:
