@@ -92,8 +92,10 @@ class Entitlement:
             event_id=str(data["event_id"]),
             products=tuple(data.get("products") or ()),
             disputes=disputes,
-            # Stored before products had a clock of their own: the lifecycle's.
-            products_at=float(data.get("products_at", occurred_at)),
+            # Stored before products had a clock of their own: the lifecycle's, if any.
+            products_at=float(
+                data.get("products_at", occurred_at if data.get("products") else UNKNOWN_AT)
+            ),
         )
 
     def dispute(self, ident: str) -> Dispute | None:

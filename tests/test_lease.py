@@ -1,4 +1,5 @@
-"""The email lease against the real test Redis: exclusive, renewed while held, lost by the dead."""
+"""The email lease against the real test Redis: exclusive, renewed while held, lost by the
+dead, and checked by its holder before each write."""
 
 from __future__ import annotations
 
@@ -10,26 +11,32 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from workers.lease import Lease, LeaseBusyError
+from workers.lease import Lease, LeaseBusyError, LeaseLostError
 
 KEY = "bridge:lock:buyer@example.com"
 # Short enough for the tests to outlive it a few times, long enough for a loaded machine.
 TTL = 0.6
 
 
-def lease(
-    connection: redis.Redis, *, holder: str | None = None, ttl: float = TTL, wait: float = 0.0
-) -> Lease:
+def lease(connection: redis.Redis, *, ttl: float = TTL, wait: float = 0.0) -> Lease:
     """A lease on ``KEY``."""
-    return Lease(connection, KEY, ttl=ttl, wait=wait, holder=holder, label="b***@example.com")
+    return Lease(connection, KEY, ttl=ttl, wait=wait, label="b***@example.com")
 
 
 def stop_renewing(held: Lease) -> None:
-    """What a SIGKILL does to a holder: its renewer stops, nothing gives the lease up."""
+    """What a SIGKILL (or a stall) does to a holder: its renewer stops, nothing gives it up."""
     held._stop.set()
     assert held._renewer is not None
     held._renewer.join(timeout=5)
     assert not held._renewer.is_alive()
+
+
+def wait_until_gone(connection: redis.Redis, timeout: float = 5.0) -> None:
+    """Wait for ``KEY`` to expire."""
+    deadline = time.monotonic() + timeout
+    while connection.exists(KEY):
+        assert time.monotonic() < deadline, "the lease never expired"
+        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -44,81 +51,34 @@ def holders() -> Iterator[list[Lease]]:
 def test_lease_is_exclusive_between_two_holders(
     redis_conn: redis.Redis, holders: list[Lease]
 ) -> None:
-    first = lease(redis_conn, holder="job-1")
+    first = lease(redis_conn)
     first.acquire()
     holders.append(first)
 
     with pytest.raises(LeaseBusyError):
-        lease(redis_conn, holder="job-2").acquire()
-    with pytest.raises(LeaseBusyError):
-        lease(redis_conn).acquire()  # an anonymous holder too
+        lease(redis_conn).acquire()
     assert redis_conn.get(KEY) == first.token.encode()
 
 
 def test_released_lease_can_be_taken_at_once(redis_conn: redis.Redis) -> None:
-    with lease(redis_conn, holder="job-1"):
+    with lease(redis_conn):
         pass
 
     assert redis_conn.exists(KEY) == 0
-    with lease(redis_conn, holder="job-2") as second:
+    with lease(redis_conn) as second:
         assert redis_conn.get(KEY) == second.token.encode()
-
-
-def test_same_holder_name_takes_the_lease_over_at_once(
-    redis_conn: redis.Redis, holders: list[Lease]
-) -> None:
-    # A job's dead run left the lease; the job's re-run has the same name.
-    dead = lease(redis_conn, holder="job-1", ttl=30)
-    dead.acquire()
-    holders.append(dead)
-    stop_renewing(dead)
-
-    started = time.monotonic()
-    with lease(redis_conn, holder="job-1", ttl=30) as rerun:
-        assert time.monotonic() - started < 1
-        assert redis_conn.get(KEY) == rerun.token.encode()
-        assert rerun.token != dead.token
-
-    assert redis_conn.exists(KEY) == 0  # the re-run gave it up
-
-
-def test_takeover_leaves_the_new_run_holding_when_the_old_one_releases(
-    redis_conn: redis.Redis, holders: list[Lease]
-) -> None:
-    old = lease(redis_conn, holder="job-1", ttl=30)
-    old.acquire()
-    holders.append(old)
-    rerun = lease(redis_conn, holder="job-1", ttl=30)
-    rerun.acquire()
-    holders.append(rerun)
-
-    old.release()
-
-    assert redis_conn.get(KEY) == rerun.token.encode()
-
-
-def test_holder_name_that_only_starts_like_another_does_not_take_it_over(
-    redis_conn: redis.Redis, holders: list[Lease]
-) -> None:
-    held = lease(redis_conn, holder="job-10")
-    held.acquire()
-    holders.append(held)
-
-    with pytest.raises(LeaseBusyError):
-        lease(redis_conn, holder="job-1").acquire()
-    assert redis_conn.get(KEY) == held.token.encode()
 
 
 def test_lease_of_a_holder_that_stops_renewing_frees_within_its_ttl(
     redis_conn: redis.Redis, holders: list[Lease]
 ) -> None:
-    dead = lease(redis_conn, holder="job-1")
+    dead = lease(redis_conn)
     dead.acquire()
     holders.append(dead)
     stop_renewing(dead)
     stopped = time.monotonic()
 
-    with lease(redis_conn, holder="job-2", wait=5) as other:
+    with lease(redis_conn, wait=5) as other:
         waited = time.monotonic() - stopped
         assert redis_conn.get(KEY) == other.token.encode()
 
@@ -128,12 +88,12 @@ def test_lease_of_a_holder_that_stops_renewing_frees_within_its_ttl(
 def test_lease_left_in_redis_by_a_dead_process_frees_within_its_ttl(
     redis_conn: redis.Redis,
 ) -> None:
-    redis_conn.set(KEY, "job-dead|token", px=int(TTL * 1000))
+    redis_conn.set(KEY, "token-of-a-dead-run", px=int(TTL * 1000))
     started = time.monotonic()
 
     with pytest.raises(LeaseBusyError):
-        lease(redis_conn, holder="job-2").acquire()
-    with lease(redis_conn, holder="job-2", wait=5):
+        lease(redis_conn).acquire()
+    with lease(redis_conn, wait=5):
         waited = time.monotonic() - started
 
     assert waited < TTL + 0.5
@@ -143,10 +103,10 @@ def test_renewal_keeps_the_lease_held_past_its_ttl_while_the_block_runs(
     redis_conn: redis.Redis, holders: list[Lease]
 ) -> None:
     attempts: list[bool] = []
-    with lease(redis_conn, holder="job-1") as held:
+    with lease(redis_conn) as held:
         deadline = time.monotonic() + 1.5  # 2.5 TTLs
         while time.monotonic() < deadline:
-            other = lease(redis_conn, holder="job-2")
+            other = lease(redis_conn)
             try:
                 other.acquire()
             except LeaseBusyError:
@@ -168,10 +128,10 @@ def test_waiting_holder_gets_the_lease_once_the_block_ends(redis_conn: redis.Red
     got: list[float] = []
 
     def wait_for_it() -> None:
-        with lease(redis_conn, holder="job-2", wait=5):
+        with lease(redis_conn, wait=5):
             got.append(time.monotonic())
 
-    with lease(redis_conn, holder="job-1"):
+    with lease(redis_conn):
         waiter = threading.Thread(target=wait_for_it)
         waiter.start()
         time.sleep(1.0)  # past the TTL: only the renewal keeps the waiter out
@@ -185,34 +145,99 @@ def test_waiting_holder_gets_the_lease_once_the_block_ends(redis_conn: redis.Red
 def test_busy_lease_raises_after_waiting_about_wait(
     redis_conn: redis.Redis, holders: list[Lease]
 ) -> None:
-    held = lease(redis_conn, holder="job-1")
+    held = lease(redis_conn)
     held.acquire()
     holders.append(held)
     started = time.monotonic()
 
     with pytest.raises(LeaseBusyError) as caught:
-        lease(redis_conn, holder="job-2", wait=0.4).acquire()
+        lease(redis_conn, wait=0.4).acquire()
 
     waited = time.monotonic() - started
     assert 0.4 <= waited < 1.5
     assert caught.value.retryable is True
 
 
-def test_lease_taken_over_while_held_is_marked_lost_and_not_renewed(
+def test_lease_taken_by_another_while_held_is_marked_lost_and_not_renewed(
     redis_conn: redis.Redis, holders: list[Lease], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="workers.lease")
-    old = lease(redis_conn, holder="job-1")
+    old = lease(redis_conn)
     old.acquire()
     holders.append(old)
-    rerun = lease(redis_conn, holder="job-1")
-    rerun.acquire()
-    holders.append(rerun)
+    redis_conn.delete(KEY)  # its TTL ran out between two renewals (a stalled Redis, say)
+    other = lease(redis_conn)
+    other.acquire()
+    holders.append(other)
 
-    time.sleep(TTL)  # past a renewal of the old run
+    time.sleep(TTL)  # past a renewal of the old holder
 
     assert old.lost is True
-    assert rerun.lost is False
-    assert redis_conn.get(KEY) == rerun.token.encode()
+    assert other.lost is False
+    assert redis_conn.get(KEY) == other.token.encode()
+    assert 0 < redis_conn.pttl(KEY) <= TTL * 1000  # the old holder did not extend it
     assert "lease was lost" in caplog.text
     assert "buyer@example.com" not in caplog.text  # log lines name the label, never the key
+
+
+def test_release_of_a_lost_lease_leaves_the_new_holders_lease_alone(
+    redis_conn: redis.Redis, holders: list[Lease]
+) -> None:
+    old = lease(redis_conn)
+    old.acquire()
+    stop_renewing(old)
+    wait_until_gone(redis_conn)
+    other = lease(redis_conn)
+    other.acquire()
+    holders.append(other)
+
+    old.release()
+
+    assert redis_conn.get(KEY) == other.token.encode()
+
+
+# -- ensure(): the holder checks the lease before each write ------------------------------
+
+
+def test_ensure_passes_while_the_lease_is_held_and_renewed(redis_conn: redis.Redis) -> None:
+    with lease(redis_conn) as held:
+        held.ensure()
+        time.sleep(2.5 * TTL)  # only the renewals keep it
+        held.ensure()
+
+        assert held.lost is False
+        assert redis_conn.get(KEY) == held.token.encode()
+
+
+def test_ensure_raises_once_the_lease_expired_and_another_holder_took_it(
+    redis_conn: redis.Redis, holders: list[Lease]
+) -> None:
+    stalled = lease(redis_conn)
+    stalled.acquire()
+    holders.append(stalled)
+    stop_renewing(stalled)  # the holder stalls past its TTL
+    with lease(redis_conn, wait=5) as other:
+        with pytest.raises(LeaseLostError) as caught:
+            stalled.ensure()
+
+        assert caught.value.retryable is True
+        assert stalled.lost is True
+        assert redis_conn.get(KEY) == other.token.encode()  # checking took nothing from it
+        with pytest.raises(LeaseLostError):
+            stalled.ensure()  # and it stays lost
+
+
+def test_ensure_raises_once_the_lease_key_was_deleted(
+    redis_conn: redis.Redis, holders: list[Lease]
+) -> None:
+    held = lease(redis_conn, ttl=30)
+    held.acquire()
+    holders.append(held)
+    held.ensure()
+
+    redis_conn.delete(KEY)
+
+    with pytest.raises(LeaseLostError):
+        held.ensure()
+    assert held.lost is True
+    assert redis_conn.exists(KEY) == 0  # a lost lease is never taken back by checking it

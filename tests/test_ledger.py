@@ -102,6 +102,7 @@ def test_first_event_creates_the_entitlement() -> None:
         occurred_at=100,
         event_id="evt_a",
         products=("price_1",),
+        products_at=100,
     )
 
 
@@ -275,12 +276,14 @@ def test_purchase_inquiry_escalation_and_loss_end_the_same_in_every_order(
     assert final.disputes == (Dispute(DISPUTE_ID, LOST, 400),)
 
 
-# Small pools so that timestamps tie and dispute ids repeat often.
+# Small pools so that timestamps tie and dispute ids repeat often; some events name
+# products (a subscription's), others none (a Checkout Session).
 _EVENTS = st.one_of(
     st.builds(
-        lambda state, at: event(state, at),
+        lambda state, at, products: event(state, at, products=products),
         st.sampled_from([PENDING, ACTIVE, PAST_DUE, ENDED]),
         st.integers(1, 4),
+        st.sampled_from([(), (), ("price_1",), ("price_2",), ("price_1", "prod_1")]),
     ),
     st.builds(
         lambda dispute, at, ident: disputed(dispute, at, ident),
@@ -303,6 +306,7 @@ def test_any_delivery_order_ends_in_the_same_registers(
 
     assert first is not None and second is not None
     assert (first.state, first.occurred_at) == (second.state, second.occurred_at)
+    assert (first.products, first.products_at) == (second.products, second.products_at)
     assert first.disputes == second.disputes
 
 
@@ -481,6 +485,7 @@ def test_legacy_disputed_record_reads_as_active_with_an_open_legacy_dispute() ->
         event_id="evt_old_dispute",
         products=("price_1",),
         disputes=(Dispute("legacy", OPEN, 1234.0),),
+        products_at=1234.0,
     )
 
 
@@ -570,3 +575,109 @@ def test_newest_replaces_an_unknown_lifecycle_with_a_real_one() -> None:
 
     assert (folded.state, folded.occurred_at, folded.products) == (ACTIVE, 100, ("p",))
     assert folded.disputes == (Dispute(DISPUTE_ID, OPEN, 200),)
+
+
+def test_products_come_from_the_newest_event_naming_them_whatever_the_order() -> None:
+    created = event(ACTIVE, 100, products=("price_1",), event_id="evt_created")
+    checkout = event(ACTIVE, 101, event_id="evt_checkout")  # a Checkout Session names none
+
+    in_order = merge(merge(None, created, KEY), checkout, KEY)
+    reversed_order = merge(merge(None, checkout, KEY), created, KEY)
+
+    assert in_order is not None and reversed_order is not None
+    assert in_order.products == reversed_order.products == ("price_1",)
+    assert (in_order.state, in_order.occurred_at) == (reversed_order.state, 101)
+
+
+def test_products_of_a_plan_change_are_not_undone_by_a_stale_event() -> None:
+    changed = merge(held(ACTIVE, 100), event(ACTIVE, 200, products=("price_2",)), KEY)
+    assert changed is not None
+
+    assert merge(changed, event(ACTIVE, 150, products=("price_1",)), KEY) is None
+
+
+def test_stale_lifecycle_event_still_brings_products_newer_than_the_held_ones() -> None:
+    created = event(ACTIVE, 100, products=("price_1",))
+    checkout = event(ACTIVE, 300)  # the newest lifecycle, naming no products
+    moved = event(ACTIVE, 200, products=("price_2",))  # older lifecycle, newer products
+
+    for order in itertools.permutations([created, checkout, moved]):
+        final = fold(order)
+        assert final is not None
+        assert (final.state, final.occurred_at) == (ACTIVE, 300)
+        assert (final.products, final.products_at) == (("price_2",), 200)
+
+
+def test_products_named_at_the_same_time_resolve_to_the_greater_list_in_either_order() -> None:
+    first = event(ACTIVE, 100, products=("price_1",), event_id="evt_1")
+    second = event(PAST_DUE, 100, products=("price_2",), event_id="evt_2")
+
+    assert fold([first, second]) == fold([second, first])
+    final = fold([second, first])
+    assert final is not None
+    assert final.products == ("price_2",)
+
+
+def test_event_naming_the_products_held_changes_nothing_when_older() -> None:
+    current = merge(None, event(ACTIVE, 200, products=("price_1",)), KEY)
+    assert current is not None
+
+    assert merge(current, event(ACTIVE, 150, products=("price_1",)), KEY) is None
+
+
+def test_newest_folds_the_products_by_their_own_clock() -> None:
+    lifecycle_newer = Entitlement(
+        key=KEY,
+        provider="stripe",
+        state=ACTIVE,
+        occurred_at=300,
+        event_id="evt_checkout",
+        products=("price_1",),
+        products_at=100,
+    )
+    products_newer = Entitlement(
+        key=KEY,
+        provider="stripe",
+        state=ACTIVE,
+        occurred_at=200,
+        event_id="evt_moved",
+        products=("price_2",),
+        products_at=200,
+    )
+
+    for folded in (
+        newest(lifecycle_newer, products_newer),
+        newest(products_newer, lifecycle_newer),
+    ):
+        assert (folded.state, folded.occurred_at, folded.event_id) == (ACTIVE, 300, "evt_checkout")
+        assert (folded.products, folded.products_at) == (("price_2",), 200)
+
+
+def test_newest_keeps_the_products_when_the_other_record_names_none() -> None:
+    named = held(ACTIVE, 100, ("price_1",))
+    unnamed = Entitlement(
+        key=KEY, provider="stripe", state=ENDED, occurred_at=300, event_id="evt_end"
+    )
+
+    assert newest(named, unnamed).products == ("price_1",)
+    assert newest(unnamed, named).products == ("price_1",)
+
+
+def test_entitlement_stored_before_products_had_a_clock_reads_them_as_of_its_lifecycle() -> None:
+    stored = held(ACTIVE, 150, ("price_1",)).to_json()
+    del stored["products_at"]
+
+    rebuilt = Entitlement.from_json(stored)
+
+    assert rebuilt.products_at == 150
+    assert merge(rebuilt, event(ACTIVE, 120, products=("price_2",)), KEY) is None
+    moved = merge(rebuilt, event(ACTIVE, 180, products=("price_2",)), KEY)
+    assert moved is not None and moved.products == ("price_2",)
+
+
+def test_products_clock_survives_a_json_round_trip() -> None:
+    original = merge(held(ACTIVE, 300), event(ACTIVE, 200, products=("price_2",)), KEY)
+    assert original is not None
+
+    assert original.to_json()["products_at"] == 200
+    assert Entitlement.from_json(original.to_json()) == original

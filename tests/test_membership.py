@@ -255,7 +255,12 @@ def plan(
     bridge_groups: Iterable[str] = (),
     policy: Policy = DEFAULT,
 ) -> Plan:
-    """``plan_changes`` with test defaults (``bridge_paid`` as plan_changes defaults it)."""
+    """``plan_changes`` with test defaults.
+
+    ``plan_changes`` itself has no default for ``bridge_paid`` (its callers must say who
+    set the member's paid); here it defaults to True, a member the bridge made paid, and
+    the tests about paid by hand pass ``bridge_paid=False``.
+    """
     return plan_changes(
         desired,
         current,
@@ -264,6 +269,17 @@ def plan(
         bridge_groups=frozenset(bridge_groups),
         policy=policy,
     )
+
+
+def test_plan_changes_must_be_told_who_set_the_members_paid() -> None:
+    # A default would silently treat a paid set by hand as the bridge's, and undo it.
+    with pytest.raises(TypeError, match="bridge_paid"):
+        plan_changes(  # type: ignore[call-arg]
+            DesiredMember(paid=False, blocked=False),
+            member(paid=True),
+            bridge_blocked=False,
+            policy=DEFAULT,
+        )
 
 
 def test_no_member_and_nothing_granted_plans_nothing() -> None:

@@ -239,6 +239,26 @@ def test_listed_stripe_price_creates_a_paid_member_with_its_groups_in_one_call(
     assert sorted(body["accessGroupIds"]) == sorted(ids(groups, "Course", "Members"))
 
 
+def test_checkout_delivered_before_the_subscription_that_names_the_price_still_grants_it(
+    client: FlaskClient,
+    queue: Queue,
+    sotion_api: SotionClient,
+    groups: dict[str, str],
+) -> None:
+    # Stripe creates the subscription first (its event names the price) and completes the
+    # Checkout Session a second later (its event names no price); delivery order varies.
+    deliver(client, "checkout.session.completed", checkout_subscription(), created=T0 + 1)
+    drain(queue)
+    assert sotion_api.find_member_by_email(EMAIL) is None  # no listed product yet
+    deliver(client, "customer.subscription.created", course_subscription(), created=T0)
+    drain(queue)
+
+    member = member_of(sotion_api)
+    assert member.paid is True
+    assert member.access_group_ids == ids(groups, "Course", "Members")
+    assert queue.failed_job_registry.count == 0
+
+
 def test_existing_member_who_buys_is_added_to_the_groups_through_the_group_endpoint(
     client: FlaskClient,
     queue: Queue,

@@ -9,7 +9,8 @@ import pytest
 import redis
 
 from workers import store as store_module
-from workers.lease import LeaseBusyError
+from workers import worker as worker_module
+from workers.lease import LeaseBusyError, LeaseLostError
 from workers.store import PREFIX, MemberRecord, Store
 
 EMAIL = "buyer@example.com"
@@ -66,21 +67,45 @@ def test_member_record_saying_someone_else_paid_them_reads_so(redis_conn: redis.
     assert store.member_record(EMAIL).bridge_paid is False
 
 
-def test_email_lock_of_a_dead_run_is_taken_over_by_the_same_job_at_once(
+def test_email_lock_yields_the_lease_it_holds_on_the_emails_lock_key(
     redis_conn: redis.Redis,
 ) -> None:
-    # The dead run's lease, as it left it: many seconds to live, nobody renewing it.
     lock = f"{PREFIX}lock:{EMAIL}"
-    redis_conn.set(lock, "job-1|dead-run", px=store_module.LOCK_TIMEOUT_SECONDS * 1000)
+
+    with Store(redis_conn).email_lock(EMAIL) as lease:
+        assert redis_conn.get(lock) == lease.token.encode()
+        assert 0 < redis_conn.pttl(lock) <= store_module.LOCK_TIMEOUT_SECONDS * 1000
+        lease.ensure()  # still ours: writes may go ahead
+
+    assert redis_conn.exists(lock) == 0
+
+
+def test_email_lock_whose_lease_was_lost_refuses_the_next_write(redis_conn: redis.Redis) -> None:
+    lock = f"{PREFIX}lock:{EMAIL}"
+    with Store(redis_conn).email_lock(EMAIL) as lease:
+        redis_conn.delete(lock)  # expired while its holder stalled
+        redis_conn.set(lock, "another-holders-token")
+
+        with pytest.raises(LeaseLostError):
+            lease.ensure()
+
+    assert redis_conn.get(lock) == b"another-holders-token"  # leaving it took nothing
+
+
+def test_email_lock_left_by_a_dead_run_is_waited_out_not_taken_over(
+    redis_conn: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The dead run's lease, as it left it: nobody renews it, it expires on its own.
+    monkeypatch.setattr(store_module, "LOCK_WAIT_SECONDS", 5)
+    lock = f"{PREFIX}lock:{EMAIL}"
+    redis_conn.set(lock, "dead-run", px=600)
     started = time.monotonic()
 
-    with Store(redis_conn).email_lock(EMAIL, holder="job-1"):
-        took = time.monotonic() - started
-        held = redis_conn.get(lock)
+    with Store(redis_conn).email_lock(EMAIL) as lease:
+        waited = time.monotonic() - started
+        assert redis_conn.get(lock) == lease.token.encode()
 
-    assert took < 1
-    assert held is not None and held.startswith(b"job-1|") and held != b"job-1|dead-run"
-    assert redis_conn.exists(lock) == 0
+    assert 0.4 <= waited < 2
 
 
 def test_email_lock_held_by_another_job_is_busy_after_the_wait(
@@ -92,7 +117,7 @@ def test_email_lock_held_by_another_job_is_busy_after_the_wait(
     leave = threading.Event()
 
     def hold() -> None:
-        with store.email_lock(EMAIL, holder="job-1"):
+        with store.email_lock(EMAIL):
             entered.set()
             leave.wait(5)
 
@@ -100,7 +125,7 @@ def test_email_lock_held_by_another_job_is_busy_after_the_wait(
     holder.start()
     try:
         assert entered.wait(5)
-        with pytest.raises(LeaseBusyError), store.email_lock(EMAIL, holder="job-2"):
+        with pytest.raises(LeaseBusyError), store.email_lock(EMAIL):
             pass
     finally:
         leave.set()
@@ -109,12 +134,19 @@ def test_email_lock_held_by_another_job_is_busy_after_the_wait(
 
 def test_email_locks_of_two_emails_do_not_wait_for_each_other(redis_conn: redis.Redis) -> None:
     store = Store(redis_conn)
-    with store.email_lock(EMAIL, holder="job-1"):
+    with store.email_lock(EMAIL):
         started = time.monotonic()
-        with store.email_lock("other@example.com", holder="job-2"):
+        with store.email_lock("other@example.com"):
             assert time.monotonic() - started < 1
 
 
 def test_a_waiting_job_outlasts_a_dead_holders_lease() -> None:
     # Otherwise a crash would cost every job waiting for the email a retry.
     assert store_module.LOCK_WAIT_SECONDS > store_module.LOCK_TIMEOUT_SECONDS
+
+
+def test_a_dead_holders_lease_expires_before_its_job_can_run_again() -> None:
+    # A killed job runs again only once its execution's heartbeat has expired, at least
+    # HEARTBEAT_GRACE_SECONDS after the death; its lease is gone by then (nothing takes
+    # a lease over any more, so a longer lease would hold up the re-run).
+    assert store_module.LOCK_TIMEOUT_SECONDS <= worker_module.HEARTBEAT_GRACE_SECONDS

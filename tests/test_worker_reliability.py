@@ -4,6 +4,7 @@ per-email serialization, the shared rate budget, and a worker killed mid-job.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -20,10 +21,11 @@ import redis
 from flask.testing import FlaskClient
 from rq import Queue
 from rq.job import JobStatus
-from rq.registry import StartedJobRegistry
 
 from bridge.admin import failed_jobs
 from bridge.events import EntitlementState, MembershipEvent
+from bridge.ledger import Entitlement, merge
+from bridge.products import Catalog, parse_catalog
 from bridge.sandbox import SandboxServer
 from bridge.settings import Settings
 from bridge.sotion import Member, RateLimit, RateLimitedError, SotionClient, TransientError
@@ -40,6 +42,9 @@ from tests.test_stripe_flow import (
 )
 from workers import runtime as worker_runtime
 from workers.budget import SharedBudget
+from workers.groups import resolve_groups
+from workers.lease import Lease, LeaseLostError
+from workers.recovery import requeue_abandoned
 from workers.resolve import Resolver
 from workers.store import LOCK_TIMEOUT_SECONDS, PREFIX, MemberRecord, Store
 from workers.sync import Applier, Outcome
@@ -86,6 +91,14 @@ def grant(
         entitlement=entitlement,
         state=EntitlementState.ACTIVE,
     )
+
+
+def merge_first(event: MembershipEvent) -> Entitlement:
+    """The entitlement a first event records."""
+    assert event.entitlement is not None
+    merged = merge(None, event, event.entitlement)
+    assert merged is not None
+    return merged
 
 
 # -- transient and permanent Sotion failures --------------------------------------------
@@ -334,6 +347,45 @@ def test_member_someone_else_made_paid_during_our_create_stays_paid_after_a_refu
     assert member_of(sotion_api).paid is True
 
 
+class SignupRaceThenOutageClient(SignupRaceClient):
+    """A SignupRaceClient whose lookup after the 409 fails (Sotion times out)."""
+
+    def find_member_by_email(self, email: str) -> Member | None:
+        """The racing first lookup, then a transient failure."""
+        if self.lookups >= 1:
+            self.lookups += 1
+            raise TransientError("Sotion timed out listing members")
+        return super().find_member_by_email(email)
+
+
+def test_failed_lookup_after_a_create_conflict_leaves_the_member_record_disowned(
+    redis_conn: redis.Redis, sotion: SandboxServer, sotion_api: SotionClient, course: Catalog
+) -> None:
+    racing = SignupRaceThenOutageClient.connect(sotion.url, SANDBOX_KEY)
+    racing.rival = sotion_api
+    racing.rival_paid = True  # someone else made them paid (a comp, say)
+    store = Store(redis_conn)
+    try:
+        with pytest.raises(TransientError):
+            Applier(store, racing, Resolver(store), catalog=course).apply(course_grant())
+    finally:
+        racing.close()
+
+    assert racing.lookups == 2
+    record = store.member_record(EMAIL)
+    # Nothing on the member is the bridge's: not the paid, not the groups it meant to add.
+    assert (record.bridge_paid, record.bridge_blocked, record.groups) == (False, False, frozenset())
+
+    # The job's retry (Sotion answers again), then a refund of the purchase.
+    applier = Applier(store, sotion_api, Resolver(store), catalog=course)
+    applier.apply(course_grant())
+    applier.apply(dataclasses.replace(course_grant(at=T0 + 100), state=EntitlementState.ENDED))
+
+    member = sotion_api.get_member(member_of(sotion_api).id)
+    assert member.paid is True  # the comp survives the refund
+    assert member.access_group_ids == frozenset()  # the groups the bridge added are gone
+
+
 class LostReplyClient(SotionClient):
     """A client whose member updates reach Sotion but whose replies are lost."""
 
@@ -427,18 +479,112 @@ def test_apply_waits_while_another_job_holds_the_emails_lock(
     assert member_of(sotion_api).paid is True
 
 
-def test_rerun_of_a_job_takes_over_the_email_lock_its_dead_run_left(
+def test_apply_waits_out_the_email_lock_a_dead_run_left_and_then_applies(
     runtime: worker_runtime.Runtime, redis_conn: redis.Redis, sotion_api: SotionClient
 ) -> None:
+    # Nothing takes a dead run's lease over (not even the same job's re-run): it expires.
     lock = f"{PREFIX}lock:{EMAIL}"
-    redis_conn.set(lock, "job-1|dead-run", px=LOCK_TIMEOUT_SECONDS * 1000)
+    redis_conn.set(lock, "dead-run", px=800)
     started = time.monotonic()
 
-    runtime.applier.apply(grant(), holder="job-1")
+    outcome = runtime.applier.apply(grant())
 
-    assert time.monotonic() - started < LOCK_TIMEOUT_SECONDS / 2
+    assert time.monotonic() - started >= 0.7
+    assert outcome.actions == ["create:paid=True"]
     assert member_of(sotion_api).paid is True
     assert redis_conn.exists(lock) == 0
+
+
+class StallingClient(SotionClient):
+    """A client whose holder stalls after its first write: meanwhile the email's lease
+    expires and another job takes it."""
+
+    redis: redis.Redis | None = None
+    rival: Lease | None = None
+    writes: tuple[str, ...] = ()  # the Sotion writes that reached the sandbox
+
+    def update_member(self, member_id: str, **fields: Any) -> Member:
+        """Patch the member, then stall past the lease's TTL."""
+        member = super().update_member(member_id, **fields)
+        self.writes += ("patch",)
+        assert self.redis is not None
+        lock = f"{PREFIX}lock:{EMAIL}"
+        self.redis.delete(lock)  # what the TTL does to a lease nobody renews in time
+        self.rival = Lease(self.redis, lock, ttl=30, wait=0, label="rival")
+        self.rival.acquire()
+        return member
+
+    def add_group_member(self, group_id: str, member_id: str) -> None:
+        """Add the member to a group (never reached once the lease is lost)."""
+        self.writes += ("add-group",)
+        super().add_group_member(group_id, member_id)
+
+
+@pytest.fixture
+def course(sotion_api: SotionClient) -> Catalog:
+    """A catalog whose price_course grants two sandbox groups (group names resolved)."""
+    for name in ("Course", "Members"):
+        sotion_api.create_access_group(name)
+    catalog = parse_catalog(
+        {
+            "default_groups": ["Members"],
+            "products": [{"stripe_prices": ["price_course"], "groups": ["Course"]}],
+        }
+    )
+    return resolve_groups(catalog, sotion_api)
+
+
+def course_grant(at: float = T0) -> MembershipEvent:
+    """A purchase of the catalog's course."""
+    return dataclasses.replace(grant(at=at), products=("price_course",))
+
+
+def test_guard_that_refuses_before_the_first_write_leaves_sotion_untouched(
+    redis_conn: redis.Redis, sotion: SandboxServer, sotion_api: SotionClient
+) -> None:
+    store = Store(redis_conn)
+    store.save_entitlement(EMAIL, merge_first(grant()))
+    requests = record_requests(sotion)
+
+    def lost() -> None:
+        raise LeaseLostError("the email's lock expired while held; retrying")
+
+    with pytest.raises(LeaseLostError):
+        Applier(store, sotion_api, Resolver(store)).sync_member(EMAIL, guard=lost)
+
+    assert sotion.state.members_snapshot() == []
+    assert [verb for verb, _, _ in requests.calls] == ["GET"]  # the lookup, no write
+
+
+def test_holder_whose_lease_was_taken_while_it_stalled_makes_no_further_write(
+    redis_conn: redis.Redis,
+    sotion: SandboxServer,
+    sotion_api: SotionClient,
+    course: Catalog,
+) -> None:
+    existing = sotion_api.create_member(EMAIL, paid=False)
+    store = Store(redis_conn)
+    stalling = StallingClient.connect(sotion.url, SANDBOX_KEY)
+    stalling.redis = redis_conn
+    try:
+        with pytest.raises(LeaseLostError):
+            Applier(store, stalling, Resolver(store), catalog=course).apply(course_grant())
+    finally:
+        stalling.close()
+
+    assert stalling.writes == ("patch",)  # the group writes after the stall were refused
+    member = sotion_api.get_member(existing.id)
+    assert member.paid is True
+    assert member.access_group_ids == frozenset()
+    assert stalling.rival is not None
+    assert redis_conn.get(f"{PREFIX}lock:{EMAIL}") == stalling.rival.token.encode()
+    stalling.rival.release()
+
+    # The job's retry, holding the lease again, finishes what the stalled run began.
+    outcome = Applier(store, sotion_api, Resolver(store), catalog=course).apply(course_grant())
+
+    assert [a.split(":")[0] for a in outcome.actions] == ["add-group", "add-group"]
+    assert sotion_api.get_member(existing.id).access_group_ids == course.group_references()
 
 
 # -- the shared rate budget -------------------------------------------------------------
@@ -511,6 +657,18 @@ def wait_for(condition: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.05)
 
 
+def work_horses(pid: int) -> list[int]:
+    """The work horses of worker ``pid``: RQ forks each into a process group of its own."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            for child in (int(c) for c in task.read_text().split()):
+                with contextlib.suppress(ProcessLookupError):
+                    if os.getpgid(child) == child:
+                        found.append(child)
+    return found
+
+
 def test_worker_killed_mid_job_loses_nothing(
     client: FlaskClient,
     queue: Queue,
@@ -540,32 +698,49 @@ def test_worker_killed_mid_job_loses_nothing(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    horses: list[int] = []
     try:
         wait_for(lambda: job.get_status(refresh=True) == JobStatus.STARTED, timeout=20)
         time.sleep(1.0)
-        os.killpg(worker.pid, signal.SIGKILL)  # the worker and its work horse
+        horses = work_horses(worker.pid)
+        assert len(horses) == 1, "the job's work horse was not found"
+        # The worker (and its scheduler), then the horse: a group of its own.
+        os.killpg(worker.pid, signal.SIGKILL)
+        os.killpg(horses[0], signal.SIGKILL)
         worker.wait(timeout=10)
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(timeout=10)
+        for horse in horses:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(horse, signal.SIGKILL)
     assert job.get_status(refresh=True) == JobStatus.STARTED  # nobody will finish it
 
-    # What the next worker's maintenance does once the dead execution's heartbeat has
-    # expired. The dead job's email lease would expire on its own (LOCK_TIMEOUT_SECONDS),
-    # but the job's re-run has the same name and takes it over without waiting for that.
+    # The dead run's email lease expires on its own, before the dead execution does: the
+    # re-run, which starts only once that execution has expired, never waits for it.
     lock = f"{PREFIX}lock:{EMAIL}"
-    assert 0 < redis_conn.ttl(lock) <= LOCK_TIMEOUT_SECONDS
-    StartedJobRegistry(queue=queue).cleanup(time.time() + 100_000)
+    assert 0 < redis_conn.pttl(lock) <= LOCK_TIMEOUT_SECONDS * 1000
+    (expires_at,) = [
+        score
+        for entry, score in redis_conn.zrange(
+            queue.started_job_registry.key, 0, -1, withscores=True
+        )
+        if queue.started_job_registry.parse_job_id(entry) == job.id
+    ]
+    assert time.time() + redis_conn.pttl(lock) / 1000 <= expires_at
+    wait_for(lambda: redis_conn.exists(lock) == 0, timeout=LOCK_TIMEOUT_SECONDS + 2)
+
+    # What the next worker's maintenance does once the dead execution has expired.
+    assert requeue_abandoned(queue, now=expires_at + 1) == [job.id]
     slow.faults.latency = 0.0
     use_settings(settings, redis_conn, sotion_api_url=slow.url)
-    left = redis_conn.pttl(lock) / 1000
-    assert left > 0  # the dead run's lease is still there
     started = time.monotonic()
     drain(queue)
 
-    assert time.monotonic() - started < left
+    assert time.monotonic() - started < 3  # no wait for a lease
     assert job.get_status(refresh=True) == JobStatus.FINISHED
+    assert job.retries_left == settings.retry_attempts  # the re-run cost no retry
     sotion_api = client_for(slow)
     wait_for(lambda: count_members(sotion_api) >= 1, timeout=5)
     assert member_of(sotion_api).paid is True

@@ -70,10 +70,12 @@ def put_back_now() -> None:
     job = get_current_job()
     if job is None:
         return
+    # One more retry, whose wait (inserted where RQ will read it next) is zero: the
+    # job's own schedule of waits stays as it was for its real failures.
     job.retries_left = (job.retries_left or 0) + 1
     if job.retry_intervals:
-        index = max(len(job.retry_intervals) - job.retries_left, 0)
-        job.retry_intervals[min(index, len(job.retry_intervals) - 1)] = 0
+        index = max(len(job.retry_intervals) + 1 - job.retries_left, 0)
+        job.retry_intervals.insert(index, 0)
 
 
 def steer_retry(exc: BaseException) -> bool:

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import redis
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
@@ -144,25 +145,36 @@ class Parking:
         return woken
 
     def _enqueue_parked(self, job_id: str, index_keys: list[str]) -> bool:
-        """Move one parked job from the scheduled registry to the queue, in one MULTI."""
+        """Move one parked job from the scheduled registry to the queue, in one MULTI.
+
+        The registry is WATCHed: of two wakers (or a waker and RQ's scheduler at the
+        deadline), only one moves the job.
+        """
         connection = self.queue.connection
         registry = self.queue.scheduled_job_registry
-        try:
-            job = Job.fetch(job_id, connection=connection, serializer=self.queue.serializer)
-        except NoSuchJobError:
-            job = None
         with connection.pipeline() as pipe:
-            if job is not None and connection.zscore(registry.key, job_id) is not None:
-                self.queue.enqueue_job(job, pipeline=pipe, at_front=True)  # starts the MULTI
-                pipe.zrem(registry.key, job_id)
-            else:
-                pipe.multi()  # already run or gone: only the index entry is left to drop
-                job = None
-            pipe.srem(index_keys[0], job_id)
-            for key in index_keys[1:]:
-                pipe.srem(key, job_id)
-            pipe.execute()
-        return job is not None
+            while True:
+                try:
+                    pipe.watch(registry.key)  # type: ignore[no-untyped-call]
+                    job: Job | None = None
+                    if pipe.zscore(registry.key, job_id) is not None:
+                        try:
+                            job = Job.fetch(
+                                job_id, connection=connection, serializer=self.queue.serializer
+                            )
+                        except NoSuchJobError:
+                            job = None
+                    if job is not None:
+                        self.queue.enqueue_job(job, pipeline=pipe, at_front=True)  # MULTI
+                        pipe.zrem(registry.key, job_id)
+                    else:
+                        pipe.multi()  # already run or gone: only its index entries are left
+                    for key in index_keys:
+                        pipe.srem(key, job_id)
+                    pipe.execute()
+                    return job is not None
+                except redis.WatchError:
+                    continue
 
     def _cancel(self, job_id: str) -> None:
         try:

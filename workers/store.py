@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import redis
 from rq.utils import as_text
 
-from bridge.events import MembershipEvent, mask_email
+from bridge.events import MembershipEvent
 from bridge.ledger import Entitlement
+from bridge.redact import mask_email
 from workers.lease import Lease
 
 PREFIX = "bridge:"

@@ -14,7 +14,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bridge.events import EntitlementState, MembershipEvent, mask_email
+from bridge.events import EntitlementState, MembershipEvent
 from bridge.ledger import merge, newest
 from bridge.membership import (
     DesiredMember,
@@ -25,6 +25,7 @@ from bridge.membership import (
     plan_changes,
 )
 from bridge.products import Catalog
+from bridge.redact import mask_email
 from bridge.sotion import (
     ConflictError,
     Member,

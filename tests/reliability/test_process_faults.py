@@ -278,8 +278,8 @@ def test_sigterm_mid_job_stops_the_worker_within_30_s_and_the_job_finishes_elsew
     assert job.worker_name != running.worker_name
     assert len(members) == 1 and members[0]["paid"] is True
     assert len(traffic.creates()) == 1
-    # Put back at once: the retry it used did not wait on the schedule.
-    assert job.retries_left == RETRY_ATTEMPTS - 1
+    # Put back at once, without waiting on the retry schedule or using up a retry.
+    assert job.retries_left == RETRY_ATTEMPTS
     assert done < exit_time + 10
 
 
@@ -448,8 +448,7 @@ def test_lease_held_by_a_sigkilled_job_frees_the_email_for_its_next_job_within_s
     assert victim is not None
     create = wait_until(traffic.creates, 20, "the first job's create call", logs)[0]
     wait_until(lambda: now() - create.arrived >= 0.3, 2, "the middle of the create call")
-    holder = redis_conn.get(lock_key(EMAIL))
-    assert holder is not None and as_text(holder).startswith(f"{first}|")
+    assert redis_conn.exists(lock_key(EMAIL)), "the first job does not hold the email's lease"
     killed_at = now()
     horses = victim.signal_dyno(signal.SIGKILL)
     assert len(horses) == 1
