@@ -28,7 +28,7 @@ class Bridge:
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; nothing is read or connected at import time."""
     settings = settings if settings is not None else Settings.from_env()
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.secret_values())
     app = Flask("bridge")
     # One byte over the limit, so web._raw_body can tell a truncated chunked body.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1

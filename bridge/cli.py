@@ -185,7 +185,7 @@ def worker(burst: bool) -> None:
     from workers.worker import run as run_worker
 
     settings = _settings()
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.secret_values())
     try:
         run_worker(settings, burst=burst)
     except (SettingsError, WorkerLoopError) as exc:

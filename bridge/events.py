@@ -173,11 +173,3 @@ def parse_timestamp(value: object) -> float | None:
 def normalize_email(email: str) -> str:
     """Emails are compared trimmed and lowercased, as Sotion stores them."""
     return email.strip().lower()
-
-
-def mask_email(email: str | None) -> str:
-    """``a***@example.com``: enough to correlate log lines, not enough to identify."""
-    if not email:
-        return "-"
-    local, _, domain = email.partition("@")
-    return f"{local[:1]}***@{domain}" if domain else "***"

@@ -3,6 +3,43 @@
 The Procfile's web process, the Dockerfile and ``bridge run`` all load this module.
 """
 
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gunicorn.glogging import Logger
+
+from bridge.redact import RedactingFormatter
+
+# gevent: every connection is a greenlet, so slow or idle clients (one byte a second,
+# or none) cost memory, not a worker; the sync and threaded workers are stalled by a
+# few dozen of them (measured: README, "Security"). Webhook handling is I/O (Redis).
+worker_class = "gevent"
+# Simultaneous connections per worker process.
+worker_connections = 1000
+# Idle keep-alive connections are closed after this many seconds.
+keepalive = 5
 # On SIGTERM gunicorn stops accepting connections and lets in-flight requests finish for
 # this long: webhooks take milliseconds, and Heroku sends SIGKILL 30 s after SIGTERM.
 graceful_timeout = 20
+# Request lines and headers are small for every provider; past these, 4xx at once.
+limit_request_line = 4094
+limit_request_fields = 100
+limit_request_field_size = 8190
+
+
+class RedactingLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger with every line redacted (a bad request line or a worker
+    timeout would otherwise write the Gumroad ping URL, token included)."""
+
+    def setup(self, cfg: Any) -> None:
+        """Set gunicorn's handlers up, then make each of them redact."""
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                current = handler.formatter or logging.Formatter()
+                handler.setFormatter(RedactingFormatter(current._fmt, current.datefmt))
+
+
+logger_class = RedactingLogger

@@ -20,8 +20,9 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.utils import as_text
 
-from bridge.events import MembershipEvent, mask_email
+from bridge.events import MembershipEvent
 from bridge.queues import APPLY_EVENT_JOB, FAILURE_TTL, JOB_TIMEOUT, RESULT_TTL
+from bridge.redact import mask_email
 from bridge.retry import RetryPolicy
 
 log = logging.getLogger(__name__)

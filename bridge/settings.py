@@ -66,6 +66,18 @@ class Settings:
     def __post_init__(self) -> None:
         _check_sotion(self)
 
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret the settings hold (masked wherever it would be logged)."""
+        single = (
+            self.sotion_api_key,
+            self.stripe_api_key,
+            self.lemonsqueezy_api_key,
+            self.gumroad_webhook_token,
+            self.gumroad_access_token,
+        )
+        listed = (*self.stripe_webhook_secrets, *self.lemonsqueezy_webhook_secrets)
+        return tuple(value for value in (*single, *listed) if value)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read and validate the environment (``os.environ`` unless given)."""

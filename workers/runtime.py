@@ -12,6 +12,7 @@ from bridge.gumroad_api import GumroadAPI
 from bridge.lemonsqueezy_api import LemonSqueezyAPI
 from bridge.products import Catalog, load_catalog
 from bridge.queues import RESYNC_JOB, bridge_queue, connect
+from bridge.redact import register_secrets
 from bridge.settings import Settings, SettingsError, policy, retry_policy
 from bridge.sotion import SotionAPI, client_from_settings
 from bridge.stripe_api import StripeAPI
@@ -50,6 +51,7 @@ def build(settings: Settings, connection: redis.Redis | None = None) -> Runtime:
     """
     if settings.sotion_api_key is None:
         raise SettingsError("SOTION_API_KEY is required to run workers")
+    register_secrets(settings.secret_values())
     connection = connection if connection is not None else connect(settings)
     store = Store(connection)
     budget = SharedBudget(connection)

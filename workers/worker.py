@@ -35,6 +35,7 @@ from rq.worker import HerokuWorker
 from rq.worker_registration import clean_worker_registry
 
 from bridge.queues import bridge_queue, connect
+from bridge.redact import redact
 from bridge.settings import Settings
 from workers import runtime
 from workers.recovery import requeue_abandoned
@@ -110,6 +111,14 @@ class BridgeWorker(HerokuWorker):
                     lock.release()
         self.last_cleaned_at = now()  # type: ignore[assignment]
 
+    def handle_job_failure(self, job: Any, queue: Any, *args: Any, **kwargs: Any) -> None:
+        """Store the failure redacted: RQ keeps it (the traceback text) for a year."""
+        if "exc_string" in kwargs:
+            kwargs["exc_string"] = redact(kwargs["exc_string"] or "")
+        elif len(args) >= 2:
+            args = (args[0], redact(args[1] or ""), *args[2:])
+        super().handle_job_failure(job, queue, *args, **kwargs)
+
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         """Remember that a signal asked for the stop (not a lost Redis), then stop warmly."""
         self.stop_signalled = True
@@ -145,6 +154,7 @@ def run(settings: Settings, *, burst: bool = False, name: str | None = None) -> 
             )
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("redis is unreachable (%s); trying again", type(exc).__name__)
+            quick_restarts = 0  # an outage, not a bug
         except StopRequested:  # a signal while a new loop was being set up
             return worked
         if burst or (worker is not None and worker.stop_signalled):
@@ -153,9 +163,12 @@ def run(settings: Settings, *, burst: bool = False, name: str | None = None) -> 
             _stop_orphaned_horse(worker)
         if time.monotonic() - started > 60:
             wait, quick_restarts = 0.5, 0  # it had been running: not a crash loop
-        quick_restarts += 1
-        if quick_restarts > MAX_QUICK_RESTARTS and _redis_answers(connection):
-            raise WorkerLoopError("the RQ work loop keeps stopping although Redis answers")
+        if _redis_answers(connection):
+            quick_restarts += 1
+            if quick_restarts > MAX_QUICK_RESTARTS:
+                raise WorkerLoopError("the RQ work loop keeps stopping although Redis answers")
+        else:
+            quick_restarts = 0
         log.warning("the work loop stopped (redis went away?); starting it again")
         try:
             time.sleep(wait)
