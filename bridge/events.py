@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -173,3 +174,35 @@ def parse_timestamp(value: object) -> float | None:
 def normalize_email(email: str) -> str:
     """Emails are compared trimmed and lowercased, as Sotion stores them."""
     return email.strip().lower()
+
+
+# The longest email address SMTP allows (RFC 5321: a 254-character path).
+MAX_EMAIL_LENGTH = 254
+# Provider ids are short; anything longer is not one (and would become a huge Redis key).
+MAX_ID_LENGTH = 255
+# A timestamp further ahead than this is a wrong clock or a forgery: see :func:`clamped`.
+MAX_FUTURE_SECONDS = 300
+_ADDRESS = re.compile(r"[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+")
+
+
+def unusable_reason(event: MembershipEvent) -> str | None:
+    """Why the event cannot be stored or applied (an email or id no buyer can have)."""
+    if event.email is not None and (
+        len(event.email) > MAX_EMAIL_LENGTH or not _ADDRESS.fullmatch(event.email)
+    ):
+        return "the email is not an address"
+    ids = [event.event_id, event.customer, event.entitlement, *event.refs.values()]
+    if any(value is not None and len(value) > MAX_ID_LENGTH for value in [*ids, *event.products]):
+        return "an id is longer than any provider's"
+    return None
+
+
+def clamped(event: MembershipEvent, now: float) -> MembershipEvent:
+    """The event dated no later than its arrival when it claims to come from the future.
+
+    A timestamp far ahead would make every later event look stale, freezing the
+    purchase in whatever state that event set (a permanent block, say).
+    """
+    if event.occurred_at <= now + MAX_FUTURE_SECONDS:
+        return event
+    return replace(event, occurred_at=now)

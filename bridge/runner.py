@@ -17,7 +17,7 @@ from bridge.settings import Settings, SettingsError
 log = logging.getLogger(__name__)
 
 # The Stripe signing secret `bridge run --sandbox` uses unless one is set.
-SANDBOX_STRIPE_SECRET = "whsec_sandbox"
+SANDBOX_STRIPE_SECRET = "whsec_sandboxOnlyPublicNotASecret000"
 # Seconds children get to finish their current work after SIGTERM: the worker's own
 # grace for its running job (workers/worker.py) and gunicorn's, plus a margin.
 GRACE_SECONDS = 28

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,15 @@ DEFAULT_SOTION_API_URL = "https://api.sotion.so/api/v1"
 # The legacy API puts the key in the host name and the site id in the path.
 DEFAULT_LEGACY_URL = "https://{key}.api.sotion.app/sites/{site_id}"
 SOTION_FLAVORS = ("v1", "legacy")
+# What a real secret looks like. Stripe's signing secrets are `whsec_` and 32 or more
+# letters and digits; the Gumroad token and the Lemon Squeezy secret are chosen by the
+# operator, so they must at least be long enough not to be guessed.
+_STRIPE_SECRET = re.compile(r"whsec_[A-Za-z0-9]{24,}")
+MIN_LEMONSQUEEZY_SECRET = 16
+MIN_GUMROAD_TOKEN = 32
+_URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
+# Values copied from an example and never replaced (compared lowercased, in part).
+_PLACEHOLDER_WORDS = ("your", "changeme", "change_me", "placeholder", "example", "xxxx", "replace")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
@@ -87,19 +97,26 @@ class Settings:
         return cls(
             redis_url=env.url("REDIS_URL", schemes=("redis", "rediss", "unix")),
             data_dir=Path(env.get("BRIDGE_DATA_DIR") or ".bridge"),
-            sotion_api_key=env.secret("SOTION_API_KEY"),
+            sotion_api_key=_real(env.secret("SOTION_API_KEY"), "SOTION_API_KEY"),
             sotion_api_url=env.get("SOTION_API_URL") or default_url,
             sotion_api_flavor=flavor,
             sotion_site_id=env.get("SOTION_SITE_ID"),
             sotion_timeout=env.timeout("SOTION_TIMEOUT", default=(3.05, 10.0)),
-            stripe_webhook_secrets=env.secret_list("STRIPE_WEBHOOK_SECRET"),
-            stripe_api_key=env.secret("STRIPE_API_KEY"),
+            stripe_webhook_secrets=_stripe_secrets(env.secret_list("STRIPE_WEBHOOK_SECRET")),
+            stripe_api_key=_real(env.secret("STRIPE_API_KEY"), "STRIPE_API_KEY"),
             stripe_api_base=env.url("STRIPE_API_BASE", schemes=("http", "https")),
-            lemonsqueezy_webhook_secrets=env.secret_list("LEMONSQUEEZY_WEBHOOK_SECRET"),
-            lemonsqueezy_api_key=env.secret("LEMONSQUEEZY_API_KEY"),
-            gumroad_webhook_token=env.secret("GUMROAD_WEBHOOK_TOKEN"),
+            lemonsqueezy_webhook_secrets=tuple(
+                _long(
+                    _real(secret, "LEMONSQUEEZY_WEBHOOK_SECRET"),
+                    MIN_LEMONSQUEEZY_SECRET,
+                    "LEMONSQUEEZY_WEBHOOK_SECRET",
+                )
+                for secret in env.secret_list("LEMONSQUEEZY_WEBHOOK_SECRET")
+            ),
+            lemonsqueezy_api_key=_real(env.secret("LEMONSQUEEZY_API_KEY"), "LEMONSQUEEZY_API_KEY"),
+            gumroad_webhook_token=_gumroad_token(env.secret("GUMROAD_WEBHOOK_TOKEN")),
             gumroad_seller_id=env.get("GUMROAD_SELLER_ID"),
-            gumroad_access_token=env.secret("GUMROAD_ACCESS_TOKEN"),
+            gumroad_access_token=_real(env.secret("GUMROAD_ACCESS_TOKEN"), "GUMROAD_ACCESS_TOKEN"),
             lemonsqueezy_api_base=env.url("LEMONSQUEEZY_API_BASE", schemes=("http", "https"))
             or "https://api.lemonsqueezy.com",
             gumroad_api_base=env.url("GUMROAD_API_BASE", schemes=("http", "https"))
@@ -127,6 +144,60 @@ class Settings:
                 "BRIDGE_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO"
             ),
         )
+
+
+def _real(value: str | None, name: str) -> str | None:
+    """``value`` unless it is a placeholder copied from an example."""
+    if value is None:
+        return None
+    lowered = value.lower()
+    if (
+        any(word in lowered for word in _PLACEHOLDER_WORDS)
+        or lowered.strip("._-*<>")
+        in (
+            "",
+            "secret",
+            "token",
+            "password",
+            "test",
+            "todo",
+        )
+        or any(mark in value for mark in ("<", ">", "..."))
+    ):
+        raise SettingsError(f"{name} is a placeholder, not a real secret: set the real value")
+    return value
+
+
+def _long(value: str | None, least: int, name: str) -> str:
+    assert value is not None
+    if len(value) < least:
+        raise SettingsError(
+            f"{name} must be at least {least} characters (a short secret can be guessed)"
+        )
+    return value
+
+
+def _stripe_secrets(values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        _real(value, "STRIPE_WEBHOOK_SECRET")
+        if not _STRIPE_SECRET.fullmatch(value):
+            raise SettingsError(
+                "STRIPE_WEBHOOK_SECRET must be the endpoint's signing secret: whsec_ followed "
+                "by at least 24 letters and digits (Dashboard -> Webhooks -> Signing secret)"
+            )
+    return values
+
+
+def _gumroad_token(value: str | None) -> str | None:
+    if value is None:
+        return None
+    _long(_real(value, "GUMROAD_WEBHOOK_TOKEN"), MIN_GUMROAD_TOKEN, "GUMROAD_WEBHOOK_TOKEN")
+    if not _URL_SAFE.fullmatch(value):
+        raise SettingsError(
+            "GUMROAD_WEBHOOK_TOKEN must use only letters, digits and . _ ~ - (it is a URL path "
+            "segment); e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return value
 
 
 def _check_sotion(settings: Settings) -> None:

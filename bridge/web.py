@@ -14,9 +14,10 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from bridge import metrics
 from bridge.app import current_bridge
-from bridge.errors import BridgeError, ProviderDisabledError
-from bridge.events import MembershipEvent
+from bridge.errors import BridgeError, PayloadError, ProviderDisabledError
+from bridge.events import MembershipEvent, clamped, unusable_reason
 from bridge.providers import gumroad, lemonsqueezy, stripe
+from bridge.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +98,27 @@ def _raw_body() -> bytes:
 
 
 def _accept(provider: str, events: list[MembershipEvent]) -> ResponseReturnValue:
-    """Queue the events the bridge applies; 200 only once they are all in Redis."""
+    """Queue the events the bridge applies; 200 only once they are all in Redis.
+
+    A signed event with an email or id no buyer can have is acknowledged and counted as
+    unusable (Stripe and Lemon Squeezy would only resend the same body); from Gumroad,
+    whose pings are unsigned, it is refused.
+    """
     bridge = current_bridge()
+    now = time.time()
+    usable = []
+    for event in events:
+        reason = unusable_reason(event)
+        if reason is None:
+            usable.append(clamped(event, now))
+            continue
+        if provider == gumroad.PROVIDER:
+            raise PayloadError(f"Gumroad ping refused: {reason}")
+        log.warning("unusable event acknowledged key=%.80s reason=%s", event.dedupe_key, reason)
+        metrics.count(bridge.redis, "bridge_events", provider=provider, outcome="unusable")
     # Products no rule lists are ignored by the worker, which sees the whole ledger: here
     # an unlisted price may still be the update or the end of a purchase once granted.
-    wanted = [e for e in events if bridge.settings.accept_test_events or not e.test_mode]
+    wanted = [e for e in usable if bridge.settings.accept_test_events or not e.test_mode]
     result = bridge.intake.submit(wanted)
     ignored = len(events) - len(wanted)
     outcome = "queued" if result.queued else "duplicate" if result.duplicates else "ignored"
@@ -137,9 +154,7 @@ def _log_request(response: Response) -> Response:
 
 
 def _masked_path() -> str:
-    if request.path.startswith("/webhooks/gumroad/"):
-        return "/webhooks/gumroad/***"
-    return request.path
+    return redact(request.path)
 
 
 @bp.app_errorhandler(BridgeError)

@@ -25,7 +25,7 @@ from workers import runtime as worker_runtime
 SANDBOX_KEY = "so_test_key"
 LEGACY_KEY = "d600c2d2-e07e-46b9-b79a-f0376aaa303d"
 LEGACY_SITE = "E1CP6DYM2JF6H"
-STRIPE_SECRET = "whsec_test_secret"
+STRIPE_SECRET = "whsec_testsecret0123456789abcdef"
 
 SandboxFactory = Callable[..., SandboxServer]
 

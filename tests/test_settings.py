@@ -23,9 +23,88 @@ def test_defaults_when_environment_is_empty() -> None:
     assert settings.park_hours == 72.0
 
 
+NEW_WHSEC = "whsec_" + "N3w" * 11
+OLD_WHSEC = "whsec_" + "0ld" * 11
+
+
 def test_comma_separated_secrets_allow_rotation() -> None:
-    settings = Settings.from_env({"STRIPE_WEBHOOK_SECRET": "whsec_new, whsec_old"})
-    assert settings.stripe_webhook_secrets == ("whsec_new", "whsec_old")
+    settings = Settings.from_env({"STRIPE_WEBHOOK_SECRET": f"{NEW_WHSEC}, {OLD_WHSEC}"})
+    assert settings.stripe_webhook_secrets == (NEW_WHSEC, OLD_WHSEC)
+
+
+# -- secrets that would let anyone forge a purchase are refused at start-up -------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param("STRIPE_WEBHOOK_SECRET", "whsec_your_secret", id="env-example-stripe"),
+        pytest.param("SOTION_API_KEY", "so_your_key", id="env-example-sotion"),
+        pytest.param("STRIPE_WEBHOOK_SECRET", "whsec_changeme0123456789abcdefghij", id="changeme"),
+        pytest.param("LEMONSQUEEZY_WEBHOOK_SECRET", "<your signing secret>", id="angle-brackets"),
+        pytest.param(
+            "GUMROAD_WEBHOOK_TOKEN", "replace-with-a-long-random-token-0000", id="replace"
+        ),
+        pytest.param("GUMROAD_ACCESS_TOKEN", "...", id="dots"),
+        pytest.param("STRIPE_API_KEY", "secret", id="bare-word"),
+    ],
+)
+def test_placeholder_secrets_are_refused_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"{name} is a placeholder"):
+        Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("sk_live_" + "a" * 30, id="an-api-key"),
+        pytest.param("whsec_" + "a" * 12, id="too-short"),
+        pytest.param("whsec " + "a" * 32, id="no-underscore"),
+        pytest.param("WHSEC_" + "a" * 32, id="upper-prefix"),
+        pytest.param("whsec_" + "a" * 31 + "!", id="punctuation"),
+    ],
+)
+def test_stripe_secret_that_is_not_a_signing_secret_is_refused(value: str) -> None:
+    with pytest.raises(SettingsError, match="STRIPE_WEBHOOK_SECRET must be"):
+        Settings.from_env({"STRIPE_WEBHOOK_SECRET": value})
+
+
+def test_every_secret_of_a_rotation_list_is_checked() -> None:
+    with pytest.raises(SettingsError, match="STRIPE_WEBHOOK_SECRET"):
+        Settings.from_env({"STRIPE_WEBHOOK_SECRET": f"{NEW_WHSEC},whsec_short"})
+
+
+def test_short_gumroad_token_is_refused_naming_the_variable() -> None:
+    with pytest.raises(SettingsError, match="GUMROAD_WEBHOOK_TOKEN must be at least 32"):
+        Settings.from_env({"GUMROAD_WEBHOOK_TOKEN": "abc123"})
+
+
+def test_gumroad_token_that_is_not_url_safe_is_refused() -> None:
+    with pytest.raises(SettingsError, match="GUMROAD_WEBHOOK_TOKEN must use only"):
+        Settings.from_env({"GUMROAD_WEBHOOK_TOKEN": "a/b?c" + "k7" * 20})
+
+
+def test_short_lemonsqueezy_secret_is_refused_naming_the_variable() -> None:
+    with pytest.raises(SettingsError, match="LEMONSQUEEZY_WEBHOOK_SECRET must be at least 16"):
+        Settings.from_env({"LEMONSQUEEZY_WEBHOOK_SECRET": "ls_secret"})
+
+
+def test_plausible_secrets_are_accepted() -> None:
+    settings = Settings.from_env(
+        {
+            "STRIPE_WEBHOOK_SECRET": NEW_WHSEC,
+            "LEMONSQUEEZY_WEBHOOK_SECRET": "q8Zr2LwYt6NbVx4K",
+            "GUMROAD_WEBHOOK_TOKEN": "Jk3_9sQ-" * 4,
+        }
+    )
+    assert settings.stripe_webhook_secrets == (NEW_WHSEC,)
+    assert settings.gumroad_webhook_token == "Jk3_9sQ-" * 4
+
+
+def test_env_example_sets_no_working_value() -> None:
+    lines = (Path(__file__).resolve().parents[1] / ".env.example").read_text().splitlines()
+    assigned = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    assert assigned == []
 
 
 def test_secret_can_come_from_a_file(tmp_path: Path) -> None:
