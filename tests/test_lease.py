@@ -48,12 +48,18 @@ def holders() -> Iterator[list[Lease]]:
         held.release()
 
 
+def take(connection: redis.Redis, holders: list[Lease], *, ttl: float = TTL) -> Lease:
+    """Acquire a lease on ``KEY`` by hand; the ``holders`` fixture releases it at the end."""
+    held = lease(connection, ttl=ttl)
+    held.acquire()
+    holders.append(held)
+    return held
+
+
 def test_lease_is_exclusive_between_two_holders(
     redis_conn: redis.Redis, holders: list[Lease]
 ) -> None:
-    first = lease(redis_conn)
-    first.acquire()
-    holders.append(first)
+    first = take(redis_conn, holders)
 
     with pytest.raises(LeaseBusyError):
         lease(redis_conn).acquire()
@@ -72,9 +78,7 @@ def test_released_lease_can_be_taken_at_once(redis_conn: redis.Redis) -> None:
 def test_lease_of_a_holder_that_stops_renewing_frees_within_its_ttl(
     redis_conn: redis.Redis, holders: list[Lease]
 ) -> None:
-    dead = lease(redis_conn)
-    dead.acquire()
-    holders.append(dead)
+    dead = take(redis_conn, holders)
     stop_renewing(dead)
     stopped = time.monotonic()
 
@@ -145,9 +149,7 @@ def test_waiting_holder_gets_the_lease_once_the_block_ends(redis_conn: redis.Red
 def test_busy_lease_raises_after_waiting_about_wait(
     redis_conn: redis.Redis, holders: list[Lease]
 ) -> None:
-    held = lease(redis_conn)
-    held.acquire()
-    holders.append(held)
+    take(redis_conn, holders)
     started = time.monotonic()
 
     with pytest.raises(LeaseBusyError) as caught:
@@ -162,13 +164,9 @@ def test_lease_taken_by_another_while_held_is_marked_lost_and_not_renewed(
     redis_conn: redis.Redis, holders: list[Lease], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="workers.lease")
-    old = lease(redis_conn)
-    old.acquire()
-    holders.append(old)
+    old = take(redis_conn, holders)
     redis_conn.delete(KEY)  # its TTL ran out between two renewals (a stalled Redis, say)
-    other = lease(redis_conn)
-    other.acquire()
-    holders.append(other)
+    other = take(redis_conn, holders)
 
     time.sleep(TTL)  # past a renewal of the old holder
 
@@ -187,9 +185,7 @@ def test_release_of_a_lost_lease_leaves_the_new_holders_lease_alone(
     old.acquire()
     stop_renewing(old)
     wait_until_gone(redis_conn)
-    other = lease(redis_conn)
-    other.acquire()
-    holders.append(other)
+    other = take(redis_conn, holders)
 
     old.release()
 
@@ -212,9 +208,7 @@ def test_ensure_passes_while_the_lease_is_held_and_renewed(redis_conn: redis.Red
 def test_ensure_raises_once_the_lease_expired_and_another_holder_took_it(
     redis_conn: redis.Redis, holders: list[Lease]
 ) -> None:
-    stalled = lease(redis_conn)
-    stalled.acquire()
-    holders.append(stalled)
+    stalled = take(redis_conn, holders)
     stop_renewing(stalled)  # the holder stalls past its TTL
     with lease(redis_conn, wait=5) as other:
         with pytest.raises(LeaseLostError) as caught:
@@ -230,9 +224,7 @@ def test_ensure_raises_once_the_lease_expired_and_another_holder_took_it(
 def test_ensure_raises_once_the_lease_key_was_deleted(
     redis_conn: redis.Redis, holders: list[Lease]
 ) -> None:
-    held = lease(redis_conn, ttl=30)
-    held.acquire()
-    holders.append(held)
+    held = take(redis_conn, holders, ttl=30)
     held.ensure()
 
     redis_conn.delete(KEY)

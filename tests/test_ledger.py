@@ -60,16 +60,45 @@ def held(
     at: float,
     products: tuple[str, ...] = (),
     disputes: tuple[Dispute, ...] = (),
+    *,
+    event_id: str = "evt_held",
+    products_at: float = UNKNOWN_AT,
 ) -> Entitlement:
-    """What the ledger already holds for ``KEY``."""
+    """A Stripe record of ``KEY``: by default what the ledger already holds."""
     return Entitlement(
         key=KEY,
         provider="stripe",
         state=state,
         occurred_at=at,
-        event_id="evt_held",
+        event_id=event_id,
         products=products,
         disputes=disputes,
+        products_at=products_at,
+    )
+
+
+def legacy_disputed() -> Entitlement:
+    """A record stored by the old model, whose lifecycle state was ``disputed``."""
+    return Entitlement.from_json({**held(ACTIVE, 100).to_json(), "state": "disputed"})
+
+
+def dispute_event(
+    provider: str,
+    event_id: str,
+    event_type: str,
+    refs: dict[str, str],
+    products: tuple[str, ...] = (),
+) -> MembershipEvent:
+    """An open-dispute event about ``KEY`` at 200, built by hand (no dispute id in its refs)."""
+    return MembershipEvent(
+        provider=provider,
+        event_id=event_id,
+        event_type=event_type,
+        occurred_at=200,
+        entitlement=KEY,
+        products=products,
+        refs=refs,
+        dispute=OPEN,
     )
 
 
@@ -243,13 +272,8 @@ def test_dispute_cancellation_and_win_end_the_same_in_every_order(order: tuple[s
 
     final = fold(events[name] for name in order)
 
-    assert final == Entitlement(
-        key=KEY,
-        provider="stripe",
-        state=ENDED,
-        occurred_at=300,
-        event_id="evt_cancel",
-        disputes=(Dispute(DISPUTE_ID, WON, 400),),
+    assert final == held(
+        ENDED, 300, disputes=(Dispute(DISPUTE_ID, WON, 400),), event_id="evt_cancel"
     )
 
 
@@ -328,14 +352,11 @@ def test_each_dispute_id_keeps_its_own_register() -> None:
 
 
 def test_dispute_without_a_dispute_id_is_named_by_its_charge() -> None:
-    charge_event = MembershipEvent(
-        provider="stripe",
-        event_id="evt_charge",
-        event_type="charge.dispute.created",
-        occurred_at=200,
-        entitlement=KEY,
-        refs={"charge": "ch_1", "payment_intent": "pi_1"},
-        dispute=OPEN,
+    charge_event = dispute_event(
+        "stripe",
+        "evt_charge",
+        "charge.dispute.created",
+        {"charge": "ch_1", "payment_intent": "pi_1"},
     )
 
     merged = merge(held(ACTIVE, 100), charge_event, KEY)
@@ -387,13 +408,8 @@ def test_stale_lifecycle_in_an_event_does_not_hold_back_its_dispute() -> None:
 def test_entitlement_first_seen_through_a_dispute_is_pending_at_unknown_time() -> None:
     merged = merge(None, disputed(OPEN, 200), KEY)
 
-    assert merged == Entitlement(
-        key=KEY,
-        provider="stripe",
-        state=PENDING,
-        occurred_at=UNKNOWN_AT,
-        event_id="",
-        disputes=(Dispute(DISPUTE_ID, OPEN, 200),),
+    assert merged == held(
+        PENDING, UNKNOWN_AT, disputes=(Dispute(DISPUTE_ID, OPEN, 200),), event_id=""
     )
     assert UNKNOWN_AT == 0.0
 
@@ -411,15 +427,8 @@ def test_real_lifecycle_event_replaces_the_unknown_one_even_when_older_than_the_
 
 
 def test_dispute_only_event_lends_its_products_to_an_entitlement_without_any() -> None:
-    dispute = MembershipEvent(
-        provider="gumroad",
-        event_id="dispute:s1",
-        event_type="dispute",
-        occurred_at=200,
-        entitlement=KEY,
-        products=("product:p1",),
-        refs={"sale": "sale_s1"},
-        dispute=OPEN,
+    dispute = dispute_event(
+        "gumroad", "dispute:s1", "dispute", {"sale": "sale_s1"}, products=("product:p1",)
     )
 
     merged = merge(None, dispute, KEY)
@@ -477,20 +486,18 @@ def test_legacy_disputed_record_reads_as_active_with_an_open_legacy_dispute() ->
 
     rebuilt = Entitlement.from_json(stored)
 
-    assert rebuilt == Entitlement(
-        key=KEY,
-        provider="stripe",
-        state=ACTIVE,
-        occurred_at=1234.0,
-        event_id="evt_old_dispute",
-        products=("price_1",),
+    assert rebuilt == held(
+        ACTIVE,
+        1234.0,
+        ("price_1",),
         disputes=(Dispute("legacy", OPEN, 1234.0),),
+        event_id="evt_old_dispute",
         products_at=1234.0,
     )
 
 
 def test_legacy_disputed_record_stays_disputed_after_a_lifecycle_event() -> None:
-    legacy = Entitlement.from_json({**held(ACTIVE, 100).to_json(), "state": "disputed"})
+    legacy = legacy_disputed()
 
     merged = merge(legacy, event(ENDED, 200), KEY)
 
@@ -500,7 +507,7 @@ def test_legacy_disputed_record_stays_disputed_after_a_lifecycle_event() -> None
 
 
 def test_legacy_disputed_record_is_lifted_by_the_won_dispute() -> None:
-    legacy = Entitlement.from_json({**held(ACTIVE, 100).to_json(), "state": "disputed"})
+    legacy = legacy_disputed()
 
     merged = merge(legacy, disputed(WON, 200), KEY)
 
@@ -519,14 +526,7 @@ def test_newest_of_nothing_and_a_record_is_the_record() -> None:
 
 def test_newest_keeps_the_newer_lifecycle_and_every_dispute_of_both() -> None:
     order = held(ACTIVE, 100, ("variant_1",), disputes=(Dispute("dp_a", OPEN, 150),))
-    subscription = Entitlement(
-        key=KEY,
-        provider="stripe",
-        state=ENDED,
-        occurred_at=300,
-        event_id="evt_end",
-        disputes=(Dispute("dp_b", LOST, 250),),
-    )
+    subscription = held(ENDED, 300, disputes=(Dispute("dp_b", LOST, 250),), event_id="evt_end")
 
     folded = newest(order, subscription)
 
@@ -538,14 +538,7 @@ def test_newest_keeps_the_newer_lifecycle_and_every_dispute_of_both() -> None:
 
 def test_newest_keeps_the_current_lifecycle_when_it_is_newer() -> None:
     current = held(PAST_DUE, 300)
-    other = Entitlement(
-        key=KEY,
-        provider="stripe",
-        state=ACTIVE,
-        occurred_at=100,
-        event_id="evt_old",
-        products=("p",),
-    )
+    other = held(ACTIVE, 100, ("p",), event_id="evt_old")
 
     folded = newest(current, other)
 
@@ -626,24 +619,8 @@ def test_event_naming_the_products_held_changes_nothing_when_older() -> None:
 
 
 def test_newest_folds_the_products_by_their_own_clock() -> None:
-    lifecycle_newer = Entitlement(
-        key=KEY,
-        provider="stripe",
-        state=ACTIVE,
-        occurred_at=300,
-        event_id="evt_checkout",
-        products=("price_1",),
-        products_at=100,
-    )
-    products_newer = Entitlement(
-        key=KEY,
-        provider="stripe",
-        state=ACTIVE,
-        occurred_at=200,
-        event_id="evt_moved",
-        products=("price_2",),
-        products_at=200,
-    )
+    lifecycle_newer = held(ACTIVE, 300, ("price_1",), event_id="evt_checkout", products_at=100)
+    products_newer = held(ACTIVE, 200, ("price_2",), event_id="evt_moved", products_at=200)
 
     for folded in (
         newest(lifecycle_newer, products_newer),
@@ -655,9 +632,7 @@ def test_newest_folds_the_products_by_their_own_clock() -> None:
 
 def test_newest_keeps_the_products_when_the_other_record_names_none() -> None:
     named = held(ACTIVE, 100, ("price_1",))
-    unnamed = Entitlement(
-        key=KEY, provider="stripe", state=ENDED, occurred_at=300, event_id="evt_end"
-    )
+    unnamed = held(ENDED, 300, event_id="evt_end")
 
     assert newest(named, unnamed).products == ("price_1",)
     assert newest(unnamed, named).products == ("price_1",)

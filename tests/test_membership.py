@@ -119,53 +119,79 @@ def test_dispute_with_the_revoke_action_only_ends_access() -> None:
     assert desired_member([disputed(OPEN)], policy) == DesiredMember(paid=False, blocked=False)
 
 
-def test_dispute_of_an_ended_purchase_still_blocks() -> None:
-    # A cancellation during the dispute is recorded now; the dispute still applies.
-    ledger = [entitlement(ENDED, "stripe:sub_1", disputes=[OPEN])]
+@pytest.mark.parametrize(
+    ("ledger", "policy", "expected"),
+    [
+        # A cancellation during the dispute is recorded now; the dispute still applies.
+        pytest.param(
+            [entitlement(ENDED, "stripe:sub_1", disputes=[OPEN])],
+            DEFAULT,
+            DesiredMember(paid=False, blocked=True),
+            id="dispute_of_an_ended_purchase_still_blocks",
+        ),
+        pytest.param(
+            [disputed(LOST)],
+            DEFAULT,
+            DesiredMember(paid=False, blocked=True),
+            id="lost_dispute_keeps_the_member_blocked",
+        ),
+        pytest.param(
+            [disputed(WON)],
+            DEFAULT,
+            DesiredMember(paid=True, blocked=False),
+            id="won_dispute_lifts_the_block_and_restores_access",
+        ),
+        pytest.param(
+            [entitlement(ENDED, disputes=[WON])],
+            DEFAULT,
+            DesiredMember(paid=False, blocked=False),
+            id="won_dispute_of_an_ended_purchase_lifts_the_block_without_granting",
+        ),
+        pytest.param(
+            [disputed(INQUIRY)],
+            Policy(inquiries_are_disputes=True, dispute_action=DisputeAction.REVOKE),
+            DesiredMember(paid=False, blocked=False),
+            id="inquiry_counted_as_a_dispute_with_the_revoke_action_only_ends_access",
+        ),
+    ],
+)
+def test_dispute_registers_decide_the_desired_member(
+    ledger: list[Entitlement], policy: Policy, expected: DesiredMember
+) -> None:
+    assert desired_member(ledger, policy) == expected
 
-    assert desired_member(ledger, DEFAULT) == DesiredMember(paid=False, blocked=True)
 
-
-def test_lost_dispute_keeps_the_member_blocked() -> None:
-    assert desired_member([disputed(LOST)], DEFAULT) == DesiredMember(paid=False, blocked=True)
-
-
-def test_won_dispute_lifts_the_block_and_restores_access() -> None:
-    assert desired_member([disputed(WON)], DEFAULT) == DesiredMember(paid=True, blocked=False)
-
-
-def test_won_dispute_of_an_ended_purchase_lifts_the_block_without_granting() -> None:
-    ledger = [entitlement(ENDED, disputes=[WON])]
-
-    assert desired_member(ledger, DEFAULT) == DesiredMember(paid=False, blocked=False)
-
-
-def test_one_won_dispute_does_not_lift_another_that_stands() -> None:
-    entry = disputed(WON, OPEN)
-
-    assert is_disputed(entry, DEFAULT) is True
-    assert desired_member([entry], DEFAULT) == DesiredMember(paid=False, blocked=True)
-
-
-def test_inquiry_is_ignored_by_default() -> None:
-    entry = disputed(INQUIRY)
-
-    assert is_disputed(entry, DEFAULT) is False
-    assert desired_member([entry], DEFAULT) == DesiredMember(paid=True, blocked=False)
-
-
-def test_inquiry_blocks_when_inquiries_count_as_disputes() -> None:
-    policy = Policy(inquiries_are_disputes=True)
-    entry = disputed(INQUIRY)
-
-    assert is_disputed(entry, policy) is True
-    assert desired_member([entry], policy) == DesiredMember(paid=False, blocked=True)
-
-
-def test_inquiry_counted_as_a_dispute_with_the_revoke_action_only_ends_access() -> None:
-    policy = Policy(inquiries_are_disputes=True, dispute_action=DisputeAction.REVOKE)
-
-    assert desired_member([disputed(INQUIRY)], policy) == DesiredMember(paid=False, blocked=False)
+@pytest.mark.parametrize(
+    ("entry", "policy", "counted", "expected"),
+    [
+        pytest.param(
+            disputed(WON, OPEN),
+            DEFAULT,
+            True,
+            DesiredMember(paid=False, blocked=True),
+            id="one_won_dispute_does_not_lift_another_that_stands",
+        ),
+        pytest.param(
+            disputed(INQUIRY),
+            DEFAULT,
+            False,
+            DesiredMember(paid=True, blocked=False),
+            id="inquiry_is_ignored_by_default",
+        ),
+        pytest.param(
+            disputed(INQUIRY),
+            Policy(inquiries_are_disputes=True),
+            True,
+            DesiredMember(paid=False, blocked=True),
+            id="inquiry_blocks_when_inquiries_count_as_disputes",
+        ),
+    ],
+)
+def test_counted_disputes_block_the_member(
+    entry: Entitlement, policy: Policy, counted: bool, expected: DesiredMember
+) -> None:
+    assert is_disputed(entry, policy) is counted
+    assert desired_member([entry], policy) == expected
 
 
 @pytest.mark.parametrize(
@@ -416,60 +442,71 @@ def test_bridge_group_the_member_already_left_is_not_removed_again() -> None:
 # -- plan_changes: paid, by origin --------------------------------------------------------
 
 
-def test_member_paid_by_hand_stays_paid_when_the_purchases_end() -> None:
-    result = plan(DesiredMember(paid=False, blocked=False), member(paid=True), bridge_paid=False)
+@pytest.mark.parametrize(
+    ("desired_paid", "member_paid", "bridge_paid", "still_the_bridges"),
+    [
+        pytest.param(
+            False, True, False, False, id="member_paid_by_hand_stays_paid_when_the_purchases_end"
+        ),
+        # Nothing to set: the bridge did not make this paid=true, so it will not undo it.
+        pytest.param(
+            True, True, False, False, id="member_paid_by_hand_who_buys_stays_paid_by_hand"
+        ),
+        pytest.param(
+            True, True, True, True, id="paid_set_by_the_bridge_stays_the_bridges_while_access_lasts"
+        ),
+        # Un-paid by hand while nothing grants access: nothing of the bridge's is left to undo.
+        pytest.param(
+            False,
+            False,
+            True,
+            False,
+            id="bridge_paid_is_forgotten_once_the_member_is_no_longer_paid",
+        ),
+    ],
+)
+def test_paid_by_origin_plans_nothing(
+    desired_paid: bool, member_paid: bool, bridge_paid: bool, still_the_bridges: bool
+) -> None:
+    desired = DesiredMember(paid=desired_paid, blocked=False)
+
+    result = plan(desired, member(paid=member_paid), bridge_paid=bridge_paid)
 
     assert result.empty
-    assert result.bridge_paid is False
+    assert result.bridge_paid is still_the_bridges
 
 
-def test_member_paid_by_hand_is_unpaid_when_the_policy_allows_it() -> None:
-    result = plan(
-        DesiredMember(paid=False, blocked=False),
-        member(paid=True),
-        bridge_paid=False,
-        policy=Policy(unpay_manual_paid=True),
-    )
+@pytest.mark.parametrize(
+    ("desired_paid", "member_paid", "bridge_paid", "policy"),
+    [
+        pytest.param(
+            False,
+            True,
+            False,
+            Policy(unpay_manual_paid=True),
+            id="member_paid_by_hand_is_unpaid_when_the_policy_allows_it",
+        ),
+        pytest.param(
+            False, True, True, DEFAULT, id="paid_set_by_the_bridge_is_unpaid_when_the_purchases_end"
+        ),
+        pytest.param(
+            True,
+            False,
+            True,
+            DEFAULT,
+            id="member_unpaid_by_hand_is_paid_again_while_a_purchase_grants_access",
+        ),
+    ],
+)
+def test_paid_by_origin_patches_paid(
+    desired_paid: bool, member_paid: bool, bridge_paid: bool, policy: Policy
+) -> None:
+    desired = DesiredMember(paid=desired_paid, blocked=False)
 
-    assert result.patch == {"paid": False}
-    assert result.bridge_paid is False
+    result = plan(desired, member(paid=member_paid), bridge_paid=bridge_paid, policy=policy)
 
-
-def test_paid_set_by_the_bridge_is_unpaid_when_the_purchases_end() -> None:
-    result = plan(DesiredMember(paid=False, blocked=False), member(paid=True), bridge_paid=True)
-
-    assert result.patch == {"paid": False}
-    assert result.bridge_paid is False
-
-
-def test_member_paid_by_hand_who_buys_stays_paid_by_hand() -> None:
-    # Nothing to set: the bridge did not make this paid=true, so it will not undo it.
-    result = plan(DesiredMember(paid=True, blocked=False), member(paid=True), bridge_paid=False)
-
-    assert result.empty
-    assert result.bridge_paid is False
-
-
-def test_paid_set_by_the_bridge_stays_the_bridges_while_access_lasts() -> None:
-    result = plan(DesiredMember(paid=True, blocked=False), member(paid=True), bridge_paid=True)
-
-    assert result.empty
-    assert result.bridge_paid is True
-
-
-def test_member_unpaid_by_hand_is_paid_again_while_a_purchase_grants_access() -> None:
-    result = plan(DesiredMember(paid=True, blocked=False), member(paid=False), bridge_paid=True)
-
-    assert result.patch == {"paid": True}
-    assert result.bridge_paid is True
-
-
-def test_bridge_paid_is_forgotten_once_the_member_is_no_longer_paid() -> None:
-    # Un-paid by hand while nothing grants access: nothing of the bridge's is left to undo.
-    result = plan(DesiredMember(paid=False, blocked=False), member(paid=False), bridge_paid=True)
-
-    assert result.empty
-    assert result.bridge_paid is False
+    assert result.patch == {"paid": desired_paid}
+    assert result.bridge_paid is desired_paid
 
 
 def test_dispute_of_a_member_paid_by_hand_blocks_but_leaves_paid() -> None:

@@ -75,6 +75,33 @@ def refund_fully(client: FlaskClient, *, created: int) -> None:
     deliver(client, "charge.refunded", charge(refunded_amount=1500), created=created)
 
 
+def inquire(client: FlaskClient) -> None:
+    """The one-time purchase's charge gets an inquiry (a dispute still in warning)."""
+    deliver(
+        client, "charge.dispute.created", dispute(status="warning_needs_response"), created=T0 + 100
+    )
+
+
+def refunded_member(
+    client: FlaskClient, queue: Queue, sotion_api: SotionClient, *, created: int
+) -> Member:
+    """Refund the one-time purchase in full, run the jobs and read the member back."""
+    refund_fully(client, created=created)
+    drain(queue)
+    return member_of(sotion_api)
+
+
+def known_member_buys(
+    start_bridge: StartBridge, queue: Queue, sotion_api: SotionClient, *, paid: bool, **changes: Any
+) -> FlaskClient:
+    """Start the bridge; a member already in Sotion (``paid`` by hand or not) buys once."""
+    client = start_bridge(**changes)
+    sotion_api.create_member(EMAIL, paid=paid)
+    buy_once(client)
+    drain(queue)
+    return client
+
+
 def subscribe_then_fall_past_due(client: FlaskClient, *, past_due_at: int) -> None:
     """A paid subscription whose renewal fails at ``past_due_at``."""
     deliver(
@@ -174,9 +201,7 @@ def test_inquiry_is_ignored_by_default(
 ) -> None:
     client = start_bridge()
     buy_once(client)
-    deliver(
-        client, "charge.dispute.created", dispute(status="warning_needs_response"), created=T0 + 100
-    )
+    inquire(client)
     drain(queue)
 
     member = member_of(sotion_api)
@@ -188,9 +213,7 @@ def test_inquiry_blocks_when_inquiries_count_as_disputes(
 ) -> None:
     client = start_bridge(inquiries_are_disputes=True)
     buy_once(client)
-    deliver(
-        client, "charge.dispute.created", dispute(status="warning_needs_response"), created=T0 + 100
-    )
+    inquire(client)
     drain(queue)
     assert member_of(sotion_api).status == "blocked"
 
@@ -313,15 +336,11 @@ def test_payment_unblocks_a_member_blocked_by_hand_when_the_policy_allows(
 def test_member_paid_by_hand_stays_paid_when_their_purchase_ends(
     start_bridge: StartBridge, queue: Queue, sotion_api: SotionClient
 ) -> None:
-    client = start_bridge()
-    sotion_api.create_member(EMAIL, paid=True)  # a comp, made before the bridge met them
-    buy_once(client)
-    drain(queue)
+    # A comp, made before the bridge met them.
+    client = known_member_buys(start_bridge, queue, sotion_api, paid=True)
 
-    refund_fully(client, created=T0 + 100)
-    drain(queue)
+    member = refunded_member(client, queue, sotion_api, created=T0 + 100)
 
-    member = member_of(sotion_api)
     assert member.paid is True
     assert member.status == "active"
 
@@ -329,30 +348,23 @@ def test_member_paid_by_hand_stays_paid_when_their_purchase_ends(
 def test_member_paid_by_hand_is_unpaid_when_their_purchase_ends_if_the_policy_says(
     start_bridge: StartBridge, queue: Queue, sotion_api: SotionClient
 ) -> None:
-    client = start_bridge(unpay_manual=True)
-    sotion_api.create_member(EMAIL, paid=True)
-    buy_once(client)
-    drain(queue)
+    client = known_member_buys(start_bridge, queue, sotion_api, paid=True, unpay_manual=True)
 
-    refund_fully(client, created=T0 + 100)
-    drain(queue)
+    member = refunded_member(client, queue, sotion_api, created=T0 + 100)
 
-    assert member_of(sotion_api).paid is False
+    assert member.paid is False
 
 
 def test_member_the_bridge_paid_is_unpaid_even_if_they_existed_before(
     start_bridge: StartBridge, queue: Queue, sotion_api: SotionClient
 ) -> None:
-    client = start_bridge()
-    sotion_api.create_member(EMAIL, paid=False)  # a free signup who then buys
-    buy_once(client)
-    drain(queue)
+    # A free signup who then buys.
+    client = known_member_buys(start_bridge, queue, sotion_api, paid=False)
     assert member_of(sotion_api).paid is True
 
-    refund_fully(client, created=T0 + 100)
-    drain(queue)
+    member = refunded_member(client, queue, sotion_api, created=T0 + 100)
 
-    assert member_of(sotion_api).paid is False
+    assert member.paid is False
 
 
 def test_member_unpaid_by_hand_is_paid_again_by_their_next_purchase(

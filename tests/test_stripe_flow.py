@@ -198,6 +198,37 @@ def member_of(sotion_api: SotionClient, email: str = EMAIL) -> Member:
     return found
 
 
+def settle(
+    client: FlaskClient,
+    queue: Queue,
+    sotion_api: SotionClient,
+    *deliveries: tuple[str, JSONObject, int],
+) -> Member:
+    """Deliver each ``(kind, obj, created)`` in order, drain the queue, return the member."""
+    for kind, obj, created in deliveries:
+        deliver(client, kind, obj, created=created)
+    drain(queue)
+    return member_of(sotion_api)
+
+
+def paid_checkout_then_dispute(
+    client: FlaskClient,
+    queue: Queue,
+    sotion_api: SotionClient,
+    *also: tuple[str, JSONObject, int],
+) -> None:
+    """A paid checkout, its dispute opened (and ``also`` delivered), drained: blocked."""
+    opened = settle(
+        client,
+        queue,
+        sotion_api,
+        ("checkout.session.completed", checkout_payment(), T0),
+        ("charge.dispute.created", dispute(), T0 + 100),
+        *also,
+    )
+    assert opened.status == "blocked"
+
+
 def count_members(sotion_api: SotionClient, email: str = EMAIL) -> int:
     """How many Sotion members have this email."""
     return len(sotion_api.list_members(email=email, limit=100))
@@ -533,90 +564,81 @@ def test_later_unrelated_paid_invoice_does_not_lift_a_dispute_block(
     runtime: worker_runtime.Runtime,
     sotion_api: SotionClient,
 ) -> None:
-    deliver(client, "checkout.session.completed", checkout_payment(), created=T0)
-    deliver(client, "charge.dispute.created", dispute(), created=T0 + 100)
-    drain(queue)
-    assert member_of(sotion_api).status == "blocked"
+    paid_checkout_then_dispute(client, queue, sotion_api)
 
-    deliver(client, "invoice.paid", invoice(sub_id="sub_other"), created=T0 + 200)
-    drain(queue)
+    member = settle(
+        client, queue, sotion_api, ("invoice.paid", invoice(sub_id="sub_other"), T0 + 200)
+    )
 
-    member = member_of(sotion_api)
     assert member.status == "blocked"
     assert member.paid is True
 
 
+@pytest.mark.parametrize(
+    ("also", "paid"),
+    [
+        pytest.param((), True, id="in_the_sellers_favour_unblocks_the_member"),
+        # Before disputes were kept apart, the refund was dropped while the dispute stood and
+        # the won dispute then made the refunded purchase active again.
+        pytest.param(
+            (("charge.refunded", charge(refunded_amount=1500), T0 + 150),),
+            False,
+            id="refund_during_a_dispute_is_recorded_so_a_won_dispute_does_not_restore_access",
+        ),
+    ],
+)
 def test_dispute_closed_in_the_sellers_favour_unblocks_the_member(
     client: FlaskClient,
     queue: Queue,
     runtime: worker_runtime.Runtime,
     sotion_api: SotionClient,
+    also: tuple[tuple[str, JSONObject, int], ...],
+    paid: bool,
 ) -> None:
-    deliver(client, "checkout.session.completed", checkout_payment(), created=T0)
-    deliver(client, "charge.dispute.created", dispute(), created=T0 + 100)
-    drain(queue)
-    assert member_of(sotion_api).status == "blocked"
+    paid_checkout_then_dispute(client, queue, sotion_api, *also)
 
-    deliver(client, "charge.dispute.closed", dispute(status="won"), created=T0 + 200)
-    drain(queue)
+    member = settle(
+        client, queue, sotion_api, ("charge.dispute.closed", dispute(status="won"), T0 + 200)
+    )
 
-    member = member_of(sotion_api)
     assert member.status == "active"
-    assert member.paid is True
+    assert member.paid is paid
 
 
-def test_refund_during_a_dispute_is_recorded_so_a_won_dispute_does_not_restore_access(
+@pytest.mark.parametrize(
+    ("first", "second", "status", "paid"),
+    [
+        pytest.param(
+            ("charge.dispute.created", dispute(), T0 + 100),
+            ("charge.dispute.closed", dispute(status="lost"), T0 + 200),
+            "blocked",
+            False,
+            id="closed_as_lost_keeps_the_member_blocked",
+        ),
+        pytest.param(
+            ("charge.dispute.closed", dispute(status="won"), T0 + 200),
+            ("charge.dispute.created", dispute(), T0 + 100),
+            "active",
+            True,
+            id="won_delivered_before_its_opening_still_ends_won",
+        ),
+    ],
+)
+def test_dispute_outcome_does_not_depend_on_delivery_order(
     client: FlaskClient,
     queue: Queue,
     runtime: worker_runtime.Runtime,
     sotion_api: SotionClient,
+    first: tuple[str, JSONObject, int],
+    second: tuple[str, JSONObject, int],
+    status: str,
+    paid: bool,
 ) -> None:
-    # Before disputes were kept apart, the refund was dropped while the dispute stood and
-    # the won dispute then made the refunded purchase active again.
-    deliver(client, "checkout.session.completed", checkout_payment(), created=T0)
-    deliver(client, "charge.dispute.created", dispute(), created=T0 + 100)
-    deliver(client, "charge.refunded", charge(refunded_amount=1500), created=T0 + 150)
-    drain(queue)
-    assert member_of(sotion_api).status == "blocked"
+    checkout = ("checkout.session.completed", checkout_payment(), T0)
+    member = settle(client, queue, sotion_api, checkout, first, second)
 
-    deliver(client, "charge.dispute.closed", dispute(status="won"), created=T0 + 200)
-    drain(queue)
-
-    member = member_of(sotion_api)
-    assert member.status == "active"
-    assert member.paid is False
-
-
-def test_dispute_closed_as_lost_keeps_the_member_blocked(
-    client: FlaskClient,
-    queue: Queue,
-    runtime: worker_runtime.Runtime,
-    sotion_api: SotionClient,
-) -> None:
-    deliver(client, "checkout.session.completed", checkout_payment(), created=T0)
-    deliver(client, "charge.dispute.created", dispute(), created=T0 + 100)
-    deliver(client, "charge.dispute.closed", dispute(status="lost"), created=T0 + 200)
-    drain(queue)
-
-    member = member_of(sotion_api)
-    assert member.status == "blocked"
-    assert member.paid is False
-
-
-def test_dispute_won_delivered_before_its_opening_still_ends_won(
-    client: FlaskClient,
-    queue: Queue,
-    runtime: worker_runtime.Runtime,
-    sotion_api: SotionClient,
-) -> None:
-    deliver(client, "checkout.session.completed", checkout_payment(), created=T0)
-    deliver(client, "charge.dispute.closed", dispute(status="won"), created=T0 + 200)
-    deliver(client, "charge.dispute.created", dispute(), created=T0 + 100)
-    drain(queue)
-
-    member = member_of(sotion_api)
-    assert member.status == "active"
-    assert member.paid is True
+    assert member.status == status
+    assert member.paid is paid
 
 
 def test_inquiry_leaves_the_member_paid_until_it_escalates_to_a_dispute(
@@ -625,18 +647,23 @@ def test_inquiry_leaves_the_member_paid_until_it_escalates_to_a_dispute(
     runtime: worker_runtime.Runtime,
     sotion_api: SotionClient,
 ) -> None:
-    deliver(client, "checkout.session.completed", checkout_payment(), created=T0)
-    deliver(
-        client, "charge.dispute.created", dispute(status="warning_needs_response"), created=T0 + 100
+    inquired = settle(
+        client,
+        queue,
+        sotion_api,
+        ("checkout.session.completed", checkout_payment(), T0),
+        ("charge.dispute.created", dispute(status="warning_needs_response"), T0 + 100),
     )
-    drain(queue)
-    inquired = member_of(sotion_api)
     assert (inquired.paid, inquired.status) == (True, "active")
 
-    deliver(client, "charge.dispute.updated", dispute(status="needs_response"), created=T0 + 200)
-    drain(queue)
+    escalated = settle(
+        client,
+        queue,
+        sotion_api,
+        ("charge.dispute.updated", dispute(status="needs_response"), T0 + 200),
+    )
 
-    assert member_of(sotion_api).status == "blocked"
+    assert escalated.status == "blocked"
 
 
 # -- members the bridge did not make ----------------------------------------------------

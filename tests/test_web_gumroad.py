@@ -11,9 +11,7 @@ import dataclasses
 import json
 import logging
 import socket
-from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote, urlencode
 
 import pytest
 import redis
@@ -25,6 +23,7 @@ from werkzeug.test import TestResponse
 from bridge.app import create_app
 from bridge.providers import gumroad
 from bridge.settings import Settings
+from tests.gumroad_events import encode as form_body
 from tests.test_providers_gumroad import FORM, SELLER, payload, plan_change, restarted
 
 TOKEN = "tok_" + "x" * 32
@@ -49,24 +48,6 @@ def settings(settings: Settings) -> Settings:
 
 
 # -- bodies as Gumroad sends them ---------------------------------------------------------
-
-
-def _pairs(data: JSONObject, prefix: str = "") -> Iterator[tuple[str, str]]:
-    """HTTParty's flattening: ``a[b]=x`` for hashes, ``a[]=x`` for arrays."""
-    for key, value in data.items():
-        name = f"{prefix}[{key}]" if prefix else key
-        if isinstance(value, dict):
-            yield from _pairs(value, name)
-        elif isinstance(value, list):
-            for item in value:
-                yield f"{name}[]", str(item)
-        else:
-            yield name, str(value)
-
-
-def form_body(data: JSONObject) -> bytes:
-    """``data`` form-encoded the way Gumroad posts a ping (the default)."""
-    return urlencode(list(_pairs(data)), quote_via=quote).encode()
 
 
 def _typed(key: str, value: Any) -> Any:

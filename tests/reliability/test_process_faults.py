@@ -12,7 +12,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import redis
@@ -31,7 +31,9 @@ from bridge.settings import Settings
 from tests import stripe_events as se
 from tests.conftest import SANDBOX_KEY, STRIPE_SECRET, SandboxFactory
 from tests.reliability.processes import (
+    Call,
     Fleet,
+    RunningJob,
     WorkerProcess,
     environment,
     live_worker_count,
@@ -148,6 +150,42 @@ def lock_key(email: str) -> str:
     return f"{PREFIX}lock:{email}"
 
 
+class Interrupted(NamedTuple):
+    """A job's worker signalled mid-call: who ran it, the call in flight, when, its horses."""
+
+    running: RunningJob
+    victim: WorkerProcess
+    call: Call
+    at: float
+    horses: list[int]
+
+
+def interrupt_mid_call(
+    fleet: Fleet,
+    connection: redis.Redis,
+    job_id: str,
+    calls: Callable[[], list[Call]],
+    call_label: str,
+    *,
+    into: float,
+    middle: str,
+    sig: int,
+) -> Interrupted:
+    """Once ``job_id`` runs and its first of ``calls`` is ``into`` seconds in, with the
+    email's lease held, send ``sig`` to every process of the worker running it."""
+    logs = fleet.logs()
+    running = wait_until(lambda: worker_running(connection, job_id), 20, "the job to start", logs)
+    victim = fleet.by_pid(running.pid)
+    assert victim is not None
+    call = wait_until(calls, 20, call_label, logs)[0]
+    wait_until(lambda: now() - call.arrived >= into, 2, middle)
+    assert connection.exists(lock_key(EMAIL)), "the job does not hold the email's lease"
+    at = now()
+    horses = victim.signal_dyno(sig)
+    assert len(horses) == 1, "the job's work horse was not found"
+    return Interrupted(running, victim, call, at, horses)
+
+
 def describe(job: Job) -> str:
     """What RQ knows of a job's runs, for the printed report."""
     results = [r.type.name for r in job.results()]
@@ -175,16 +213,17 @@ def test_job_of_a_sigkilled_worker_runs_again_and_finishes_within_a_minute(
     logs = fleet.logs()
 
     job_id = deliver(web, purchase(EMAIL, "kill"))
-    running = wait_until(lambda: worker_running(redis_conn, job_id), 20, "the job to start", logs)
-    victim = fleet.by_pid(running.pid)
-    assert victim is not None
     # Kill while the member's creation is in flight, with the email's lease held.
-    create = wait_until(traffic.creates, 20, "the job's create call", logs)[0]
-    wait_until(lambda: now() - create.arrived >= 0.8, 2, "the middle of the create call")
-    assert redis_conn.exists(lock_key(EMAIL))
-    killed_at = now()
-    horses = victim.signal_dyno(signal.SIGKILL)
-    assert len(horses) == 1, "the job's work horse was not found"
+    running, victim, create, killed_at, horses = interrupt_mid_call(
+        fleet,
+        redis_conn,
+        job_id,
+        traffic.creates,
+        "the job's create call",
+        into=0.8,
+        middle="the middle of the create call",
+        sig=signal.SIGKILL,
+    )
     assert victim.wait(10) == -signal.SIGKILL
     assert create.in_flight_at(killed_at)
     assert status(redis_conn, job_id) == JobStatus.STARTED  # nobody will finish the dead run
@@ -242,16 +281,17 @@ def test_sigterm_mid_job_stops_the_worker_within_30_s_and_the_job_finishes_elsew
     logs = fleet.logs()
 
     job_id = deliver(web, purchase(EMAIL, "term"))
-    running = wait_until(lambda: worker_running(redis_conn, job_id), 20, "the job to start", logs)
-    victim = fleet.by_pid(running.pid)
-    assert victim is not None
+    running, victim, lookup, stopped_at, horses = interrupt_mid_call(
+        fleet,
+        redis_conn,
+        job_id,
+        lambda: traffic.calls("GET"),
+        "the job's first call",
+        into=0.5,
+        middle="the middle of the lookup",
+        sig=signal.SIGTERM,  # what Heroku sends every process of a dyno
+    )
     other = next(worker for worker in fleet.workers if worker is not victim)
-    lookup = wait_until(lambda: traffic.calls("GET"), 20, "the job's first call", logs)[0]
-    wait_until(lambda: now() - lookup.arrived >= 0.5, 2, "the middle of the lookup")
-    assert redis_conn.exists(lock_key(EMAIL))
-    stopped_at = now()
-    horses = victim.signal_dyno(signal.SIGTERM)  # what Heroku sends every process of a dyno
-    assert len(horses) == 1
     code = victim.wait(STOP_LIMIT_SECONDS + 5)
     exit_time = now() - stopped_at
     assert lookup.in_flight_at(stopped_at + SHUTDOWN_GRACE_SECONDS - 1)
@@ -443,15 +483,16 @@ def test_lease_held_by_a_sigkilled_job_frees_the_email_for_its_next_job_within_s
     logs = fleet.logs()
 
     first = deliver(web, purchase(EMAIL, "first"))
-    running = wait_until(lambda: worker_running(redis_conn, first), 20, "the job to start", logs)
-    victim = fleet.by_pid(running.pid)
-    assert victim is not None
-    create = wait_until(traffic.creates, 20, "the first job's create call", logs)[0]
-    wait_until(lambda: now() - create.arrived >= 0.3, 2, "the middle of the create call")
-    assert redis_conn.exists(lock_key(EMAIL)), "the first job does not hold the email's lease"
-    killed_at = now()
-    horses = victim.signal_dyno(signal.SIGKILL)
-    assert len(horses) == 1
+    _, victim, _, killed_at, horses = interrupt_mid_call(
+        fleet,
+        redis_conn,
+        first,
+        traffic.creates,
+        "the first job's create call",
+        into=0.3,
+        middle="the middle of the create call",
+        sig=signal.SIGKILL,
+    )
     assert victim.wait(10) == -signal.SIGKILL
     lease_left = redis_conn.pttl(lock_key(EMAIL)) / 1000
 

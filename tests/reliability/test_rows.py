@@ -373,6 +373,11 @@ def shuffle_story(
     return tally
 
 
+def deliver_one(bridge: Bridge, delivery: Delivery) -> None:
+    """Deliver one event once and run its jobs."""
+    deliver_order(bridge, [Step(delivery)], drain_each=True, worker=drain)
+
+
 def assert_every_order(tally: Tally) -> None:
     """Fail with the first orders that ended wrong, if any did."""
     shown = "\n".join(tally.mismatches[:5])
@@ -481,6 +486,8 @@ def test_renewal_pays_again_a_member_the_bridge_paid_and_someone_unpaid_by_hand(
 INQUIRY = one_time_dispute("charge.dispute.created", "warning_needs_response", T0 + 100)
 ESCALATED = one_time_dispute("charge.dispute.updated", "needs_response", T0 + 200)
 CHARGEBACK = one_time_dispute("charge.dispute.created", "needs_response", T0 + 100)
+INQUIRY_CLOSED = one_time_dispute("charge.dispute.closed", "warning_closed", T0 + 200)
+WON = one_time_dispute("charge.dispute.closed", "won", T0 + 300)
 
 
 @pytest.mark.parametrize(
@@ -495,7 +502,7 @@ CHARGEBACK = one_time_dispute("charge.dispute.created", "needs_response", T0 + 1
                 one_time_checkout(),
                 INQUIRY,
                 ESCALATED,
-                one_time_dispute("charge.dispute.closed", "won", T0 + 300),
+                WON,
             ],
             Final(1, True, "active"),
             id="escalated-then-won-restores",
@@ -515,7 +522,7 @@ CHARGEBACK = one_time_dispute("charge.dispute.created", "needs_response", T0 + 1
             [
                 one_time_checkout(),
                 INQUIRY,
-                one_time_dispute("charge.dispute.closed", "warning_closed", T0 + 200),
+                INQUIRY_CLOSED,
             ],
             Final(1, True, "active"),
             id="inquiry-closed-changes-nothing",
@@ -531,7 +538,7 @@ CHARGEBACK = one_time_dispute("charge.dispute.created", "needs_response", T0 + 1
             [
                 one_time_checkout(),
                 INQUIRY,
-                one_time_dispute("charge.dispute.closed", "warning_closed", T0 + 200),
+                INQUIRY_CLOSED,
             ],
             Final(1, True, "active"),
             id="inquiry-as-dispute-closed-lifts",
@@ -566,10 +573,9 @@ def test_disputes_of_a_one_time_purchase_end_in_the_last_status_stripe_reports(
 
 def test_escalated_inquiry_blocks_and_unpays_until_it_is_won(bridge: Bridge) -> None:
     # The row's stages one at a time, each observed in the sandbox.
-    won = one_time_dispute("charge.dispute.closed", "won", T0 + 300)
     seen = []
-    for delivery in (one_time_checkout(), INQUIRY, ESCALATED, won):
-        deliver_order(bridge, [Step(delivery)], drain_each=True, worker=drain)
+    for delivery in (one_time_checkout(), INQUIRY, ESCALATED, WON):
+        deliver_one(bridge, delivery)
         seen.append(bridge.final())
     print(
         f"dispute[stages]: 1 order, 4 events sent, 0 duplicates, stages {[str(s) for s in seen]}",
@@ -627,59 +633,62 @@ def parked_before_the_buyer_was_named(bridge: Bridge, steps: Sequence[Step]) -> 
     return problems
 
 
-def test_subscription_events_before_the_checkout_park_and_the_member_ends_paid(
-    bridge: Bridge,
+@pytest.mark.parametrize(
+    ("story", "expected"),
+    [
+        # The checkout is the only event that names the email: whatever comes before it parks.
+        pytest.param(
+            [
+                sub_event("customer.subscription.created", "active", T0),
+                checkout_sub(T0),
+                sub_event("customer.subscription.updated", "past_due", T0 + 50),
+                sub_event("customer.subscription.updated", "active", T0 + 60),
+            ],
+            Final(1, True, "active"),
+            id="created-checkout-past_due-active",
+        ),
+        pytest.param(
+            [
+                sub_event("customer.subscription.created", "active", T0),
+                checkout_sub(T0),
+                first_invoice(T0 + 1),
+                sub_event("customer.subscription.updated", "past_due", T0 + 50),
+                sub_event("customer.subscription.updated", "active", T0 + 60),
+                sub_event("customer.subscription.deleted", "canceled", T0 + 100),
+            ],
+            Final(1, False, "active"),
+            id="created-checkout-invoice-past_due-active-deleted",
+        ),
+    ],
+)
+def test_subscription_events_before_the_buyer_is_named_park_and_the_member_ends_right(
+    story: list[Delivery], expected: Final, bridge: Bridge, request: pytest.FixtureRequest
 ) -> None:
-    # The checkout is the only event that names the email: whatever comes before it parks.
-    story = [
-        sub_event("customer.subscription.created", "active", T0),
-        checkout_sub(T0),
-        sub_event("customer.subscription.updated", "past_due", T0 + 50),
-        sub_event("customer.subscription.updated", "active", T0 + 60),
-    ]
-
     tally = shuffle_story(
         bridge,
-        "parking[created-checkout-past_due-active]",
+        f"parking[{request.node.callspec.id}]",
         story,
-        Final(1, True, "active"),
+        expected,
         check=parked_before_the_buyer_was_named,
     )
 
     assert_every_order(tally)
 
 
-def test_subscription_events_before_the_buyer_is_named_park_and_a_later_deletion_ends_it(
-    bridge: Bridge,
-) -> None:
-    story = [
-        sub_event("customer.subscription.created", "active", T0),
-        checkout_sub(T0),
-        first_invoice(T0 + 1),
-        sub_event("customer.subscription.updated", "past_due", T0 + 50),
-        sub_event("customer.subscription.updated", "active", T0 + 60),
-        sub_event("customer.subscription.deleted", "canceled", T0 + 100),
-    ]
-
-    tally = shuffle_story(
-        bridge,
-        "parking[created-checkout-invoice-past_due-active-deleted]",
-        story,
-        Final(1, False, "active"),
-        check=parked_before_the_buyer_was_named,
-    )
-
-    assert_every_order(tally)
+def park_a_subscription_created(bridge: Bridge) -> str:
+    """Deliver a subscription's creation that names no buyer; returns its parked job's id."""
+    created = sub_event("customer.subscription.created", "active", T0)
+    deliver_one(bridge, created)
+    parked_id = parked_job_id(bridge.queue, created.event_id)
+    assert parked_id is not None
+    return parked_id
 
 
 def test_parked_event_is_listed_with_its_reason_until_the_checkout_names_the_buyer(
     bridge: Bridge, env: dict[str, str]
 ) -> None:
     runner = CliRunner()
-    created = sub_event("customer.subscription.created", "active", T0)
-    deliver_order(bridge, [Step(created)], drain_each=True, worker=drain)
-    parked_id = parked_job_id(bridge.queue, created.event_id)
-    assert parked_id is not None
+    parked_id = park_a_subscription_created(bridge)
 
     listed = runner.invoke(main, ["jobs", "parked"], env=env)
     assert listed.exit_code == 0, listed.output
@@ -689,7 +698,7 @@ def test_parked_event_is_listed_with_its_reason_until_the_checkout_names_the_buy
     assert "STRIPE_API_KEY" in text
     assert bridge.final() == Final(0)
 
-    deliver_order(bridge, [Step(checkout_sub(T0, paid=False))], drain_each=True, worker=drain)
+    deliver_one(bridge, checkout_sub(T0, paid=False))
     after = runner.invoke(main, ["jobs", "parked"], env=env)
     print(
         f"parking[listed]: 1 order, 2 events sent, 0 duplicates, final {bridge.final()}, "
@@ -708,10 +717,7 @@ def test_parked_event_nothing_resolves_fails_after_the_parking_time_and_replays(
 ) -> None:
     bridge.start(park_hours=0.0003)  # about a second
     runner = CliRunner()
-    created = sub_event("customer.subscription.created", "active", T0)
-    deliver_order(bridge, [Step(created)], drain_each=True, worker=drain)
-    parked_id = parked_job_id(bridge.queue, created.event_id)
-    assert parked_id is not None
+    parked_id = park_a_subscription_created(bridge)
     assert parked_id in bridge.queue.scheduled_job_registry.get_job_ids()
 
     time.sleep(0.0003 * 3600 + 0.3)
@@ -729,7 +735,7 @@ def test_parked_event_nothing_resolves_fails_after_the_parking_time_and_replays(
     assert bridge.final() == Final(0)
 
     # The buyer becomes known (an unpaid checkout: it grants nothing by itself) ...
-    deliver_order(bridge, [Step(checkout_sub(T0, paid=False))], drain_each=True, worker=drain)
+    deliver_one(bridge, checkout_sub(T0, paid=False))
     assert bridge.final() == Final(0)
     # ... and the replayed event grants the subscription.
     replayed = runner.invoke(main, ["jobs", "replay", parked_id], env=env)
