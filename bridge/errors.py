@@ -52,3 +52,10 @@ class ForbiddenError(BridgeError):
 
     status = 403
     code = "forbidden"
+
+
+class BodyError(BridgeError):
+    """The request body could not be read: its framing is malformed or it was cut off."""
+
+    status = 400
+    code = "malformed_body"

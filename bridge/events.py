@@ -84,6 +84,8 @@ class MembershipEvent:
     def __post_init__(self) -> None:
         if self.email is not None:
             object.__setattr__(self, "email", normalize_email(self.email))
+        if not isinstance(self.display_name, str | None):
+            object.__setattr__(self, "display_name", None)  # e.g. `"name": false`
 
     @property
     def dispute_id(self) -> str:
@@ -194,7 +196,21 @@ def unusable_reason(event: MembershipEvent) -> str | None:
     ids = [event.event_id, event.customer, event.entitlement, *event.refs.values()]
     if any(value is not None and len(value) > MAX_ID_LENGTH for value in [*ids, *event.products]):
         return "an id is longer than any provider's"
+    texts = [*ids, *event.products, event.email, event.display_name, event.event_type]
+    if not all(_encodable(text) for text in texts):
+        return "a field is not valid Unicode (a lone surrogate escape)"
     return None
+
+
+def _encodable(text: str | None) -> bool:
+    """Whether ``text`` can be stored: JSON allows ``\\ud800``, UTF-8 (and Redis) do not."""
+    if not isinstance(text, str):
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def clamped(event: MembershipEvent, now: float) -> MembershipEvent:

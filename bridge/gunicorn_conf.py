@@ -9,13 +9,30 @@ import logging
 from typing import Any
 
 from gunicorn.glogging import Logger
+from gunicorn.http.errors import InvalidHeader, UnsupportedTransferCoding
+from gunicorn.workers.ggevent import GeventWorker
 
 from bridge.redact import RedactingFormatter
+
+
+class BridgeGeventWorker(GeventWorker):  # type: ignore[misc]
+    """gunicorn's gevent worker, answering 400 to a Transfer-Encoding it does not know.
+
+    gunicorn answers 501 there (RFC 9112's choice), but the bridge's contract is that
+    nothing a client sends yields a 5xx: an unknown coding is the client's error.
+    """
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """As gunicorn does, with an unknown transfer coding as a bad header (400)."""
+        if isinstance(exc, UnsupportedTransferCoding):
+            exc = InvalidHeader("Transfer-Encoding", req)
+        super().handle_error(req, client, addr, exc)
+
 
 # gevent: every connection is a greenlet, so slow or idle clients (one byte a second,
 # or none) cost memory, not a worker; the sync and threaded workers are stalled by a
 # few dozen of them (measured: README, "Security"). Webhook handling is I/O (Redis).
-worker_class = "gevent"
+worker_class = "bridge.gunicorn_conf.BridgeGeventWorker"
 # Simultaneous connections per worker process.
 worker_connections = 1000
 # Idle keep-alive connections are closed after this many seconds.

@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from bridge import metrics
 from bridge.app import current_bridge
-from bridge.errors import BridgeError, PayloadError, ProviderDisabledError
+from bridge.errors import BodyError, BridgeError, PayloadError, ProviderDisabledError
 from bridge.events import MembershipEvent, clamped, unusable_reason
 from bridge.providers import gumroad, lemonsqueezy, stripe
 from bridge.redact import redact
@@ -91,7 +91,15 @@ def _raw_body() -> bytes:
     Werkzeug refuses a declared Content-Length over MAX_CONTENT_LENGTH, but silently
     truncates a chunked body there; the app allows one byte more so this check sees it.
     """
-    raw = request.get_data(cache=False)
+    try:
+        raw = request.get_data(cache=False)
+    except HTTPException:
+        raise
+    except Exception as exc:
+        # The server's body parser: malformed chunked framing, a body cut off mid-way.
+        # Which exception it raises is the server's own (gunicorn's ParseException, an
+        # OSError): whatever it is, the client sent it, so it is a 400, never a 500.
+        raise BodyError(f"The request body could not be read: {type(exc).__name__}") from exc
     if len(raw) > current_bridge().settings.max_body_bytes:
         raise RequestEntityTooLarge()
     return raw

@@ -94,6 +94,8 @@ def _nest(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     root: dict[str, Any] = {}
     for key, value in pairs:
         path = _path(key)
+        if not path[0]:
+            raise PayloadError("Gumroad ping has a field with no name")
         if "" in path[:-1]:
             # `a[][b]` (arrays of hashes): no Gumroad ping has one, and guessing is worse.
             raise PayloadError(f"Gumroad ping field {key!r} nests inside a list")
