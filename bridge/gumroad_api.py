@@ -1,4 +1,4 @@
-"""The Gumroad API read the bridge needs: a sale as it is now (``GET /v2/sales/:id``).
+"""The Gumroad API reads the bridge needs: a sale and a subscriber as they are now.
 
 Pings are not signed, so where an access token is configured the workers grant only
 what this read confirms (providers.md §3).
@@ -61,6 +61,19 @@ class GumroadAPI:
                 f"Gumroad API returned no sale object for {ident}", retryable=True
             )
         return sale
+
+    def subscriber(self, subscription_id: str) -> dict[str, Any]:
+        """A subscription as Gumroad reports it now (``GET /v2/subscribers/:id``)."""
+        ident = subscription_id.removeprefix("sub_")
+        if not ident:
+            raise ProviderAPIError("Gumroad subscription id is empty", retryable=False)
+        body = self._get(f"/v2/subscribers/{quote(ident, safe='')}", f"subscriber {ident}")
+        subscriber = body.get("subscriber")
+        if not isinstance(subscriber, dict):
+            raise ProviderAPIError(
+                f"Gumroad API returned no subscriber object for {ident}", retryable=True
+            )
+        return subscriber
 
     def _get(self, path: str, subject: str) -> dict[str, Any]:
         try:

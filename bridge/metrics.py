@@ -24,6 +24,7 @@ COUNTERS = {
     "bridge_webhooks": "Webhook requests by provider and outcome",
     "bridge_events": "Membership events by provider and intake outcome",
     "bridge_jobs": "Applied jobs by outcome",
+    "bridge_gumroad_refused": "Gumroad pings refused because Gumroad's API did not confirm them",
 }
 
 

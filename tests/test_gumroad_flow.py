@@ -25,7 +25,14 @@ from bridge.admin import failed_jobs
 from bridge.settings import Settings
 from bridge.sotion import Member, SotionClient
 from tests.conftest import drain
-from tests.test_providers_gumroad import FORM, ONE_TIME_SALE, SELLER, payload, restarted
+from tests.test_providers_gumroad import (
+    FORM,
+    ONE_TIME_SALE,
+    SELLER,
+    SUBSCRIPTION,
+    payload,
+    restarted,
+)
 from tests.test_providers_lemonsqueezy import encode, fixture
 from tests.test_web_gumroad import TOKEN, form_body
 from workers import runtime as worker_runtime
@@ -288,9 +295,12 @@ class FakeGumroadAPI:
 
     def __init__(self) -> None:
         self.sales: dict[str, tuple[int, JSONObject]] = {}
+        self.subscribers: dict[str, tuple[int, JSONObject]] = {}
+        self.outages = 0  # the next this many sale reads answer 503
         self.requests: list[tuple[str, str | None]] = []
         app = Flask("fake_gumroad")
         app.add_url_rule("/v2/sales/<sale_id>", view_func=self._sale)
+        app.add_url_rule("/v2/subscribers/<subscription_id>", view_func=self._subscriber)
         self._server = make_server(
             "127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler
         )
@@ -320,8 +330,23 @@ class FakeGumroadAPI:
         sale = {"id": sale_id, "email": EMAIL, "refunded": False, "disputed": False, **fields}
         self.answer(sale_id, 200, {"success": True, "sale": sale})
 
+    def subscriber_is(self, subscription_id: str, **fields: Any) -> None:
+        """The subscription exists, in this state (Gumroad's subscriber object)."""
+        subscriber = {"id": subscription_id, "user_email": EMAIL, "status": "alive", **fields}
+        self.subscribers[subscription_id] = (200, {"success": True, "subscriber": subscriber})
+
+    def _subscriber(self, subscription_id: str) -> Any:
+        self.requests.append((subscription_id, request.headers.get("Authorization")))
+        status, body = self.subscribers.get(
+            subscription_id, (200, {"success": False, "message": "Subscriber not found."})
+        )
+        return jsonify(body), status
+
     def _sale(self, sale_id: str) -> Any:
         self.requests.append((sale_id, request.headers.get("Authorization")))
+        if self.outages:
+            self.outages -= 1
+            return jsonify(success=False, message="busy"), 503
         status, body = self.sales.get(
             sale_id, (404, {"success": False, "message": "The sale was not found."})
         )
@@ -413,6 +438,112 @@ def test_sale_the_api_does_not_know_grants_nothing_and_fails_with_a_reason(
     assert ACCESS_TOKEN not in failed.reason
     # Not retryable: one call, not one per retry.
     assert len(gumroad_api.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("ping", "sale", "code"),
+    [
+        pytest.param("sale_one_time", {"email": "other@example.com"}, "email", id="email"),
+        pytest.param("sale_one_time", {"product_id": "not-this-one"}, "product", id="product"),
+        pytest.param("sale_one_time", {"seller_id": "another-seller"}, "seller", id="seller"),
+        pytest.param("refund", {}, "refund", id="refund-not-refunded"),
+        pytest.param("dispute", {}, "dispute", id="dispute-not-disputed"),
+    ],
+)
+def test_ping_gumroad_does_not_confirm_changes_nothing_and_fails_with_the_mismatch(
+    ping: str,
+    sale: JSONObject,
+    code: str,
+    client: FlaskClient,
+    queue: Queue,
+    redis_conn: redis.Redis,
+    api_runtime: worker_runtime.Runtime,
+    gumroad_api: FakeGumroadAPI,
+    sotion_api: SotionClient,
+) -> None:
+    gumroad_api.sale_is(ONE_TIME_SALE)
+    deliver(client, payload("sale_one_time"))
+    drain(queue)
+    before = member_of(sotion_api)
+    gumroad_api.sale_is(ONE_TIME_SALE, **sale)
+
+    if ping != "sale_one_time":
+        deliver(client, payload(ping))
+    else:
+        deliver(client, payload(ping, sale_id="second-sale-id"))
+        gumroad_api.sale_is("second-sale-id", **sale)
+    drain(queue)
+
+    after = member_of(sotion_api)
+    assert (after.paid, after.blocked) == (before.paid, before.blocked) == (True, False)
+    (failed,) = failed_jobs(queue)
+    assert f"Gumroad ping refused ({code})" in failed.reason
+    assert EMAIL not in failed.reason
+    counted = redis_conn.hgetall("bridge:metrics")
+    assert any(b"bridge_gumroad_refused" in key and code.encode() in key for key in counted)
+
+
+def test_end_of_a_subscription_gumroad_reports_alive_is_refused(
+    client: FlaskClient,
+    queue: Queue,
+    api_runtime: worker_runtime.Runtime,
+    gumroad_api: FakeGumroadAPI,
+    sotion_api: SotionClient,
+) -> None:
+    ended = payload("subscription_ended_failed_payment", user_email=EMAIL)
+    for sale_id in ended["purchase_ids"]:
+        gumroad_api.sale_is(sale_id)
+    gumroad_api.subscriber_is(SUBSCRIPTION)
+    sotion_api.create_member(EMAIL, paid=True)
+
+    deliver(client, ended)
+    drain(queue)
+
+    assert member_of(sotion_api).paid is True
+    (failed,) = failed_jobs(queue)
+    assert "Gumroad ping refused (ended)" in failed.reason
+
+
+def test_end_gumroad_confirms_ends_access(
+    client: FlaskClient,
+    queue: Queue,
+    api_runtime: worker_runtime.Runtime,
+    gumroad_api: FakeGumroadAPI,
+    sotion_api: SotionClient,
+) -> None:
+    start = payload("sale_subscription_start")
+    gumroad_api.sale_is(start["sale_id"])
+    gumroad_api.subscriber_is(start["subscription_id"])
+    deliver(client, start)
+    drain(queue)
+    assert member_of(sotion_api).paid is True
+
+    ended = payload("subscription_ended_failed_payment", user_email=EMAIL)
+    ended["subscription_id"] = start["subscription_id"]
+    ended["purchase_ids"] = [start["sale_id"]]
+    gumroad_api.subscriber_is(start["subscription_id"], status="failed_payment", ended_at="x")
+    deliver(client, ended)
+    drain(queue)
+
+    assert member_of(sotion_api).paid is False
+    assert failed_jobs(queue) == []
+
+
+def test_gumroad_api_outage_is_retried_then_applied(
+    client: FlaskClient,
+    queue: Queue,
+    api_runtime: worker_runtime.Runtime,
+    gumroad_api: FakeGumroadAPI,
+    sotion_api: SotionClient,
+) -> None:
+    gumroad_api.sale_is(ONE_TIME_SALE)
+    gumroad_api.outages = 2
+
+    deliver(client, payload("sale_one_time"))
+    drain(queue)  # the test settings retry at once
+
+    assert member_of(sotion_api).paid is True
+    assert len(gumroad_api.requests) == 3 and failed_jobs(queue) == []
 
 
 # -- one buyer, two providers -----------------------------------------------------------

@@ -10,6 +10,7 @@ from rq.exceptions import ShutDownImminentException
 
 from bridge import metrics
 from bridge.events import MembershipEvent
+from bridge.gumroad_confirm import GumroadMismatchError
 from bridge.sotion import RateLimitedError
 from workers import runtime
 from workers.resolve import EmailUnknownError, UnresolvedError
@@ -43,6 +44,8 @@ def apply_membership_event(payload: dict[str, Any], final: bool = False) -> dict
     except Exception as exc:
         retrying = steer_retry(exc)
         metrics.count(current.redis, "bridge_jobs", outcome="retrying" if retrying else "failed")
+        if isinstance(exc, GumroadMismatchError):
+            metrics.count(current.redis, "bridge_gumroad_refused", reason=exc.code)
         raise
     current.parking.wake(event)
     metrics.count(current.redis, "bridge_jobs", outcome="applied")

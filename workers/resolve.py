@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from bridge.events import EntitlementState, MembershipEvent, normalize_email
 from bridge.gumroad_api import GumroadAPI
+from bridge.gumroad_confirm import GumroadMismatchError, confirm
 from bridge.lemonsqueezy_api import LemonSqueezyAPI
 from bridge.providers import gumroad, lemonsqueezy
 from bridge.providers import stripe as stripe_provider
@@ -47,6 +48,7 @@ class Resolver:
         stripe_api: StripeAPI | None = None,
         lemonsqueezy_api: LemonSqueezyAPI | None = None,
         gumroad_api: GumroadAPI | None = None,
+        gumroad_seller_id: str | None = None,
         needs_products: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -54,6 +56,7 @@ class Resolver:
         self.stripe_api = stripe_api
         self.lemonsqueezy_api = lemonsqueezy_api
         self.gumroad_api = gumroad_api
+        self.gumroad_seller_id = gumroad_seller_id
         self.needs_products = needs_products
         self._clock = clock
 
@@ -108,14 +111,14 @@ class Resolver:
 
     def refresh(self, event: MembershipEvent, entitlement: str | None) -> MembershipEvent:
         """The event with the purchase's current state where a provider API is set."""
+        if event.provider == gumroad.PROVIDER and self.gumroad_api is not None:
+            return self._confirm_gumroad(event, self.gumroad_api)
         if entitlement is None or event.state is None:
             return event
         if event.provider == stripe_provider.PROVIDER:
             return self._refresh_stripe(event, entitlement)
         if event.provider == lemonsqueezy.PROVIDER and self.lemonsqueezy_api is not None:
             return self._refresh_lemonsqueezy(event, entitlement, self.lemonsqueezy_api)
-        if event.provider == gumroad.PROVIDER and self.gumroad_api is not None:
-            return self._confirm_gumroad(event, self.gumroad_api)
         return event
 
     def _refresh_stripe(self, event: MembershipEvent, entitlement: str) -> MembershipEvent:
@@ -172,16 +175,16 @@ class Resolver:
         )
 
     def _confirm_gumroad(self, event: MembershipEvent, api: GumroadAPI) -> MembershipEvent:
-        """Grant only what Gumroad's API confirms (pings are not signed)."""
+        """Apply only what Gumroad's API confirms (pings are not signed)."""
         sale_id = event.refs.get("sale")
-        if event.state is not EntitlementState.ACTIVE or not sale_id:
-            return event
-        sale = api.sale(sale_id)
-        state = gumroad.sale_state(sale)
-        if state is EntitlementState.ACTIVE and gumroad.sale_dispute(sale) is None:
-            return event
-        return dataclasses.replace(
-            event, state=state, dispute=gumroad.sale_dispute(sale) or event.dispute
+        subscription = event.refs.get("subscription")
+        if not sale_id and not subscription:
+            raise GumroadMismatchError("sale", "the ping names no sale to confirm it by")
+        return confirm(
+            event,
+            api.sale(sale_id) if sale_id else {},
+            api.subscriber(subscription) if subscription else None,
+            seller_id=self.gumroad_seller_id,
         )
 
     def _stripe_email(self, event: MembershipEvent) -> str | None:

@@ -78,6 +78,7 @@ def build(settings: Settings, connection: redis.Redis | None = None) -> Runtime:
         gumroad_api=GumroadAPI(settings.gumroad_access_token, api_base=settings.gumroad_api_base)
         if settings.gumroad_access_token
         else None,
+        gumroad_seller_id=settings.gumroad_seller_id,
         needs_products=catalog is not None,
     )
     queue = bridge_queue(connection)
