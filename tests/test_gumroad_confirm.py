@@ -131,4 +131,3 @@ def test_restart_of_an_ended_subscription_is_refused() -> None:
     event = only(restarted())
     subscriber = {"user_email": event.email, "status": "cancelled", "ended_at": "2026-04-01"}
     assert refused(event, {}, subscriber=subscriber).code == "restarted"
-

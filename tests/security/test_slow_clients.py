@@ -26,7 +26,7 @@ from tests.test_processes import _environment, _start, _stop, _wait_for, procfil
 SLOW_SENDERS = 40
 IDLE_CONNECTIONS = 20
 # An answer slower than this means the slow clients held the workers.
-ANSWER_BOUND_SECONDS = 2.0
+ANSWER_BOUND_SECONDS = 5.0
 
 
 @pytest.fixture
