@@ -19,7 +19,7 @@ import requests
 from rich.console import Console
 from rich.table import Table
 
-from bridge import admin, logs, runner
+from bridge import admin, cli_reconcile, logs, runner
 from bridge.products import load_catalog
 from bridge.queues import bridge_queue, connect
 from bridge.sandbox import SandboxConfig, SandboxServer
@@ -231,6 +231,10 @@ def check() -> None:
         console.print(f"{name}: {'[green]enabled[/]' if enabled else '[yellow]disabled[/]'}")
     if failures:
         sys.exit(1)
+
+
+main.add_command(cli_reconcile.backfill)
+main.add_command(cli_reconcile.reconcile)
 
 
 @main.group()

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 # events API goes back 30).
 DEDUPE_TTL_SECONDS = 30 * 24 * 3600
 DEDUPE_PREFIX = "bridge:dedupe:"
+# What a dedupe key holds for an event a reconcile applied (no job: nothing can fail).
+APPLIED = "applied-by-reconcile"
 # A job in one of these states will never apply its event: a redelivery may replace it.
 _DEAD = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
 
@@ -69,6 +71,15 @@ class Intake:
                     job_id,
                 )
         return result
+
+    def delivered(self, event: MembershipEvent) -> bool:
+        """True when this event was queued before and its job applied it or still will."""
+        previous = self.connection.get(DEDUPE_PREFIX + event.dedupe_key)
+        return previous is not None and self._dead_job(as_text(previous)) is None
+
+    def remember(self, event: MembershipEvent) -> None:
+        """Mark an event a reconcile applied itself: a later delivery of it is a duplicate."""
+        self.connection.set(DEDUPE_PREFIX + event.dedupe_key, APPLIED, ex=DEDUPE_TTL_SECONDS)
 
     def _submit(self, event: MembershipEvent) -> str | None:
         key = DEDUPE_PREFIX + event.dedupe_key

@@ -142,6 +142,27 @@ def merge(current: Entitlement | None, event: MembershipEvent, key: str) -> Enti
     return merged
 
 
+def record(
+    ledger: Mapping[str, Entitlement], key: str, event: MembershipEvent
+) -> tuple[Entitlement | None, tuple[str, ...]]:
+    """One event recorded in an email's ledger: the entitlement to store (None: no
+    change) and the keys of other records it absorbed, which are to be deleted.
+
+    Another id of the same purchase may have been recorded on its own before the event
+    tying them together arrived (a Lemon Squeezy order before its subscription): it is
+    folded into this entitlement, each register keeping its newer value.
+    """
+    current = ledger.get(key)
+    folded: list[str] = []
+    for ref in event.refs.values():
+        other = ledger.get(f"{event.provider}:{ref}")
+        if other is not None and other.key != key and other.key not in folded:
+            current = newest(current, replace(other, key=key))
+            folded.append(other.key)
+    merged = merge(current, event, key) or (current if folded else None)
+    return merged, tuple(folded)
+
+
 def newest(current: Entitlement | None, other: Entitlement) -> Entitlement:
     """Two records of one purchase folded into one: each register keeps its newer value."""
     if current is None:

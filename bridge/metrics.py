@@ -25,6 +25,8 @@ COUNTERS = {
     "bridge_events": "Membership events by provider and intake outcome",
     "bridge_jobs": "Applied jobs by outcome",
     "bridge_gumroad_refused": "Gumroad pings refused because Gumroad's API did not confirm them",
+    "bridge_reconciles": "Scheduled reconciles by outcome",
+    "bridge_reconcile_repairs": "Members a scheduled reconcile changed in Sotion",
 }
 
 

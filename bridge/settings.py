@@ -68,6 +68,8 @@ class Settings:
     unpay_manual: bool = False
     inquiries_are_disputes: bool = False
     park_hours: float = 72.0
+    # Minutes between two scheduled reconciles (0: none).
+    reconcile_interval_minutes: float = 60.0
     max_body_bytes: int = 1024 * 1024
     retry_attempts: int = 10
     retry_base_seconds: float = 5.0
@@ -136,6 +138,9 @@ class Settings:
             )
             == "DISPUTE",
             park_hours=env.number("BRIDGE_PARK_HOURS", default=72.0, least=0),
+            reconcile_interval_minutes=env.number(
+                "BRIDGE_RECONCILE_INTERVAL", default=60.0, least=0
+            ),
             accept_test_events=env.boolean("BRIDGE_ACCEPT_TEST_EVENTS", default=False),
             max_body_bytes=int(env.number("BRIDGE_MAX_BODY_BYTES", default=1024 * 1024, least=1)),
             retry_attempts=int(env.number("BRIDGE_RETRY_ATTEMPTS", default=10, least=0)),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from typing import Any
 
@@ -13,7 +15,10 @@ from bridge.events import MembershipEvent
 from bridge.gumroad_confirm import GumroadMismatchError
 from bridge.sotion import RateLimitedError
 from workers import runtime
+from workers.reconcile import ReconcileBusyError
 from workers.resolve import EmailUnknownError, UnresolvedError
+
+log = logging.getLogger(__name__)
 
 
 def apply_membership_event(payload: dict[str, Any], final: bool = False) -> dict[str, Any]:
@@ -101,3 +106,21 @@ def steer_retry(exc: BaseException) -> bool:
             wait = math.ceil(exc.wait_seconds())
             job.retry_intervals[index] = max(job.retry_intervals[index], wait)
     return bool(job.retries_left)
+
+
+def reconcile_providers() -> dict[str, Any]:
+    """The scheduled reconcile: every provider with an API key, then every member.
+
+    A reconcile already running (one started by hand) makes this run a no-op.
+    """
+    current = runtime.current()
+    reconciler = current.reconciler
+    try:
+        report = reconciler.reconcile(sorted(reconciler.sources))
+    except ReconcileBusyError:
+        return {"skipped": "another backfill or reconcile is running"}
+    summary = report.summary()
+    metrics.count(current.redis, "bridge_reconciles", outcome="done")
+    metrics.count(current.redis, "bridge_reconcile_repairs", len(report.sync.changes))
+    log.info("scheduled reconcile done %s", json.dumps(summary, sort_keys=True))
+    return summary

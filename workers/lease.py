@@ -118,3 +118,76 @@ class Lease:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+class LeaseSet:
+    """Many leases taken at once (a batch of emails), renewed by one thread.
+
+    Keys another holder has are not waited for: :meth:`acquire` returns the ones it got,
+    and the caller deals with the rest on their own (one lease each, waiting).
+    """
+
+    def __init__(self, connection: redis.Redis, keys: list[str], *, ttl: float) -> None:
+        self.redis = connection
+        self.keys = list(dict.fromkeys(keys))
+        self.ttl_ms = int(ttl * 1000)
+        self.token = uuid.uuid4().hex
+        self.held: set[str] = set()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self.lost: set[str] = set()
+
+    def acquire(self) -> set[str]:
+        """Take every free key (one round trip); returns the keys now held."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in self.keys:
+            pipe.set(key, self.token, nx=True, px=self.ttl_ms)
+        self.held = {key for key, got in zip(self.keys, pipe.execute(), strict=True) if got}
+        self._renewer = threading.Thread(target=self._renew, name="lease set", daemon=True)
+        self._renewer.start()
+        return set(self.held)
+
+    def ensure(self, key: str) -> None:
+        """Raise LeaseLostError unless ``key`` is still held (call before each write)."""
+        if key not in self.held or key in self.lost or self.redis.get(key) != self.token.encode():
+            self.lost.add(key)
+            raise LeaseLostError("a lock of the batch expired while held; retrying")
+
+    def release(self) -> None:
+        """Stop renewing and give every held key up."""
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=self.ttl_ms / 1000)
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for key in self.held:
+                pipe.eval(_RELEASE, 1, key, self.token)
+            pipe.execute()
+        except redis.RedisError:
+            log.warning("could not release a lease set; its keys expire on their own")
+
+    def _renew(self) -> None:
+        interval = self.ttl_ms / 3000
+        while not self._stop.wait(interval):
+            held = sorted(self.held - self.lost)
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                for key in held:
+                    pipe.eval(_RENEW, 1, key, self.token, self.ttl_ms)
+                for key, renewed in zip(held, pipe.execute(), strict=True):
+                    if not renewed:
+                        self.lost.add(key)
+            except redis.RedisError:
+                log.warning("could not renew a lease set; retrying")
+
+    def __enter__(self) -> LeaseSet:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()

@@ -9,16 +9,19 @@ from datetime import UTC, datetime
 import redis
 
 from bridge.gumroad_api import GumroadAPI
+from bridge.intake import Intake
 from bridge.lemonsqueezy_api import LemonSqueezyAPI
 from bridge.products import Catalog, load_catalog
 from bridge.queues import RESYNC_JOB, bridge_queue, connect
 from bridge.redact import register_secrets
 from bridge.settings import Settings, SettingsError, policy, retry_policy
 from bridge.sotion import SotionAPI, client_from_settings
+from bridge.sources import Source
 from bridge.stripe_api import StripeAPI
 from workers.budget import SharedBudget
 from workers.groups import resolve_groups
 from workers.parking import Parking
+from workers.reconcile import Reconciler
 from workers.resolve import Resolver
 from workers.store import Store
 from workers.sync import Applier
@@ -38,6 +41,7 @@ class Runtime:
     applier: Applier
     catalog: Catalog | None
     parking: Parking
+    reconciler: Reconciler
 
 
 _current: Runtime | None = None
@@ -65,19 +69,26 @@ def build(settings: Settings, connection: redis.Redis | None = None) -> Runtime:
     catalog = None
     if settings.products_file is not None:
         catalog = resolve_groups(load_catalog(settings.products_file), sotion)
+    stripe_api = (
+        StripeAPI(settings.stripe_api_key, api_base=settings.stripe_api_base)
+        if settings.stripe_api_key
+        else None
+    )
+    lemonsqueezy_api = (
+        LemonSqueezyAPI(settings.lemonsqueezy_api_key, api_base=settings.lemonsqueezy_api_base)
+        if settings.lemonsqueezy_api_key
+        else None
+    )
+    gumroad_api = (
+        GumroadAPI(settings.gumroad_access_token, api_base=settings.gumroad_api_base)
+        if settings.gumroad_access_token
+        else None
+    )
     resolver = Resolver(
         store,
-        stripe_api=StripeAPI(settings.stripe_api_key, api_base=settings.stripe_api_base)
-        if settings.stripe_api_key
-        else None,
-        lemonsqueezy_api=LemonSqueezyAPI(
-            settings.lemonsqueezy_api_key, api_base=settings.lemonsqueezy_api_base
-        )
-        if settings.lemonsqueezy_api_key
-        else None,
-        gumroad_api=GumroadAPI(settings.gumroad_access_token, api_base=settings.gumroad_api_base)
-        if settings.gumroad_access_token
-        else None,
+        stripe_api=stripe_api,
+        lemonsqueezy_api=lemonsqueezy_api,
+        gumroad_api=gumroad_api,
         gumroad_seller_id=settings.gumroad_seller_id,
         needs_products=catalog is not None,
     )
@@ -109,7 +120,28 @@ def build(settings: Settings, connection: redis.Redis | None = None) -> Runtime:
         park_seconds=settings.park_hours * 3600,
         retry_policy=retry_policy(settings),
     )
-    return Runtime(settings, connection, store, sotion, applier, catalog, parking)
+    sources: dict[str, Source] = {}
+    if stripe_api is not None:
+        from bridge.sources.stripe import StripeSource  # TEMP until the module lands
+
+        sources["stripe"] = StripeSource(stripe_api)
+    if lemonsqueezy_api is not None:
+        from bridge.sources.lemonsqueezy import LemonSqueezySource  # TEMP
+
+        sources["lemonsqueezy"] = LemonSqueezySource(lemonsqueezy_api)
+    if gumroad_api is not None:
+        from bridge.sources.gumroad import GumroadSource  # TEMP
+
+        sources["gumroad"] = GumroadSource(gumroad_api, seller_id=settings.gumroad_seller_id)
+    reconciler = Reconciler(
+        store,
+        applier,
+        sotion,
+        Intake(queue, retry_policy(settings)),
+        sources,
+        accept_test_events=settings.accept_test_events,
+    )
+    return Runtime(settings, connection, store, sotion, applier, catalog, parking, reconciler)
 
 
 def configure(settings: Settings, connection: redis.Redis | None = None) -> Runtime:

@@ -13,9 +13,10 @@ Keys (all under ``bridge:``):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from rq.utils import as_text
@@ -23,7 +24,7 @@ from rq.utils import as_text
 from bridge.events import MembershipEvent
 from bridge.ledger import Entitlement
 from bridge.redact import mask_email
-from workers.lease import Lease
+from workers.lease import Lease, LeaseSet
 
 PREFIX = "bridge:"
 # Learned aliases are kept for a year: refunds and disputes can come months later.
@@ -75,6 +76,26 @@ class Store:
         self.redis.hset(
             f"{PREFIX}ledger:{email}", entitlement.key, json.dumps(entitlement.to_json())
         )
+
+    def ledger_emails(self) -> set[str]:
+        """Every email that has a ledger (one SCAN; no index to keep in step)."""
+        prefix = f"{PREFIX}ledger:"
+        return {
+            as_text(key)[len(prefix) :]
+            for key in self.redis.scan_iter(match=f"{prefix}*", count=1000)
+        }
+
+    def ledgers(self, emails: list[str]) -> dict[str, dict[str, Entitlement]]:
+        """The ledgers of many emails in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for email in emails:
+            pipe.hgetall(f"{PREFIX}ledger:{email}")
+        return {
+            email: {
+                as_text(key): Entitlement.from_json(json.loads(value)) for key, value in raw.items()
+            }
+            for email, raw in zip(emails, pipe.execute(), strict=True)
+        }
 
     def delete_entitlement(self, email: str, key: str) -> None:
         """Drop an entitlement folded into another (the caller holds the email's lock)."""
@@ -142,18 +163,16 @@ class Store:
 
     def member_record(self, email: str) -> MemberRecord:
         """What the bridge knows about a member (an empty record for a new email)."""
-        raw = self.redis.hgetall(f"{PREFIX}member:{email}")
-        if not raw:
-            return MemberRecord()
-        member_id = raw.get(b"id")
-        groups = json.loads(raw[b"groups"]) if b"groups" in raw else []
-        return MemberRecord(
-            id=as_text(member_id) if member_id else None,
-            bridge_blocked=raw.get(b"bridge_blocked") == b"1",
-            # Records written before `paid` was tracked by origin: the bridge set it then.
-            bridge_paid=raw.get(b"bridge_paid", b"1") == b"1",
-            groups=frozenset(groups),
-        )
+        return _member_record(self.redis.hgetall(f"{PREFIX}member:{email}"))
+
+    def member_records(self, emails: list[str]) -> dict[str, MemberRecord]:
+        """The records of many members in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for email in emails:
+            pipe.hgetall(f"{PREFIX}member:{email}")
+        return {
+            email: _member_record(raw) for email, raw in zip(emails, pipe.execute(), strict=True)
+        }
 
     def save_member_record(self, email: str, record: MemberRecord) -> None:
         """Store what the bridge knows and did about a member."""
@@ -173,6 +192,14 @@ class Store:
 
     # -- locks -----------------------------------------------------------------------
 
+    @staticmethod
+    def lock_key(email: str) -> str:
+        return f"{PREFIX}lock:{email}"
+
+    def email_locks(self, emails: list[str]) -> LeaseSet:
+        """The locks of many emails at once, for a batch (``with``: the free ones are held)."""
+        return LeaseSet(self.redis, [self.lock_key(e) for e in emails], ttl=LOCK_TIMEOUT_SECONDS)
+
     @contextmanager
     def email_lock(self, email: str) -> Iterator[Lease]:
         """Hold the email's lock: no two jobs of one email interleave their Sotion calls.
@@ -181,10 +208,24 @@ class Store:
         """
         lease = Lease(
             self.redis,
-            f"{PREFIX}lock:{email}",
+            self.lock_key(email),
             ttl=LOCK_TIMEOUT_SECONDS,
             wait=LOCK_WAIT_SECONDS,
             label=mask_email(email),
         )
         with lease:
             yield lease
+
+
+def _member_record(raw: Mapping[Any, Any]) -> MemberRecord:
+    if not raw:
+        return MemberRecord()
+    member_id = raw.get(b"id")
+    groups = json.loads(raw[b"groups"]) if b"groups" in raw else []
+    return MemberRecord(
+        id=as_text(member_id) if member_id else None,
+        bridge_blocked=raw.get(b"bridge_blocked") == b"1",
+        # Records written before `paid` was tracked by origin: the bridge set it then.
+        bridge_paid=raw.get(b"bridge_paid", b"1") == b"1",
+        groups=frozenset(groups),
+    )

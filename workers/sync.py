@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bridge.events import EntitlementState, MembershipEvent
-from bridge.ledger import merge, newest
+from bridge.ledger import record
 from bridge.membership import (
     DesiredMember,
     MemberSnapshot,
@@ -89,7 +89,7 @@ class Applier:
         """Merge the event into its email's ledger and sync that member to Sotion."""
         key = self.resolver.entitlement(event)
         owner = self.store.owner_of(key) if key is not None else None
-        if owner is None and self._unlisted(event):
+        if owner is None and self.unlisted(event):
             # A purchase of a product no rule lists, which the bridge never granted.
             return Outcome(event=event.dedupe_key, email="-", entitlement=key)
         if not event.changes_entitlement:
@@ -105,7 +105,7 @@ class Applier:
         outcome = Outcome(event=event.dedupe_key, email=mask_email(email), entitlement=key)
         with self.store.email_lock(email) as lease:
             if key is not None:
-                outcome.ledger_changed = self._record(email, key, event)
+                outcome.ledger_changed = self.record(email, key, event)
             outcome.actions = self.sync_member(
                 email, display_name=event.display_name, guard=lease.ensure
             )
@@ -119,7 +119,7 @@ class Applier:
         )
         return outcome
 
-    def _unlisted(self, event: MembershipEvent) -> bool:
+    def unlisted(self, event: MembershipEvent) -> bool:
         """True when a products file exists and lists none of the event's known products."""
         return (
             self.catalog is not None
@@ -132,21 +132,12 @@ class Applier:
         with self.store.email_lock(email) as lease:
             return self.sync_member(email, guard=lease.ensure)
 
-    def _record(self, email: str, key: str, event: MembershipEvent) -> bool:
-        """Merge the event into the ledger; True when the ledger changed."""
-        ledger = self.store.entitlements(email)
-        current = ledger.get(key)
-        folded = False
-        # Another id of this same purchase may have been recorded on its own before the
-        # event tying them together arrived (a Lemon Squeezy order before its
-        # subscription): fold it into this entitlement, keeping the newer state.
-        for ref in event.refs.values():
-            other = ledger.get(f"{event.provider}:{ref}")
-            if other is not None and other.key != key:
-                current = newest(current, replace(other, key=key))
-                self.store.delete_entitlement(email, other.key)
-                folded = True
-        merged = merge(current, event, key) or (current if folded else None)
+    def record(self, email: str, key: str, event: MembershipEvent) -> bool:
+        """Merge the event into the ledger (the caller holds the email's lock); True when
+        the ledger changed."""
+        merged, folded = record(self.store.entitlements(email), key, event)
+        for other in folded:
+            self.store.delete_entitlement(email, other)
         if merged is None:
             return False
         self.store.save_entitlement(email, merged)
@@ -181,12 +172,12 @@ class Applier:
         record = self.store.member_record(email)
         need_groups = bool(desired.groups or record.groups)
         member = self._find(email, record.id, need_groups=need_groups)
-        plan = self._plan(desired, member, record)
+        plan = self.plan(desired, member, record)
         actions: list[str] = []
         if plan.create:
             # On a 409 someone else made the member: nothing on it is the bridge's yet.
             disowned = replace(record, bridge_blocked=False, bridge_paid=False)
-            self._claim(email, record, plan)
+            self.claim(email, record, plan)
             guard()
             member, created_groups = self._create(
                 email, display_name, desired, plan, actions, disowned
@@ -201,13 +192,31 @@ class Applier:
                     groups=record.groups | created_groups,
                 )
             # Compare again with the member as created (or as someone else created it).
-            plan = self._plan(desired, member, record)
+            plan = self.plan(desired, member, record)
         if member is None:
             self.store.save_member_record(email, replace(record, id=None))
             return actions
         record = replace(record, id=member.id)
+        return actions + self.carry_out(email, member, record, plan, guard, made=bool(actions))
+
+    def carry_out(
+        self,
+        email: str,
+        member: Member,
+        record: MemberRecord,
+        plan: Plan,
+        guard: Callable[[], None] = lambda: None,
+        *,
+        made: bool = False,
+    ) -> list[str]:
+        """Patch an existing member and their groups as planned; returns the calls made.
+
+        What the plan sets is claimed first; the record is stored when the calls are done
+        (always when ``made``: the member was just created).
+        """
         if not plan.empty:
-            self._claim(email, record, plan)
+            self.claim(email, record, plan)
+        actions: list[str] = []
         if plan.patch:
             guard()
             member = self._patch(email, member.id, plan.patch)
@@ -229,11 +238,11 @@ class Applier:
             bridge_paid=plan.bridge_paid,
             groups=frozenset(groups),
         )
-        if final != record or actions:
+        if final != record or actions or made:
             self.store.save_member_record(email, final)
         return actions
 
-    def _claim(self, email: str, record: MemberRecord, plan: Plan) -> None:
+    def claim(self, email: str, record: MemberRecord, plan: Plan) -> None:
         """Record as the bridge's what the plan is about to set (before the calls)."""
         claimed = replace(
             record,
@@ -244,7 +253,7 @@ class Applier:
         if claimed != record:
             self.store.save_member_record(email, claimed)
 
-    def _plan(self, desired: DesiredMember, member: Member | None, record: MemberRecord) -> Plan:
+    def plan(self, desired: DesiredMember, member: Member | None, record: MemberRecord) -> Plan:
         return plan_changes(
             desired,
             _snapshot(member),

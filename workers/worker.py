@@ -39,6 +39,7 @@ from bridge.redact import redact
 from bridge.settings import Settings
 from workers import runtime
 from workers.recovery import requeue_abandoned
+from workers.schedule import ensure_scheduled
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class BridgeWorker(HerokuWorker):
         kwargs.setdefault("serializer", JSONSerializer)
         super().__init__(*args, **kwargs)
         self.stop_signalled = False
+        # Minutes between scheduled reconciles; None: this worker leaves the schedule alone.
+        self.reconcile_interval: float | None = None
 
     def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
         """A running job's execution expires soon after its heartbeats stop."""
@@ -103,6 +106,8 @@ class BridgeWorker(HerokuWorker):
                 continue  # another worker is at it
             try:
                 requeue_abandoned(queue)
+                if self.reconcile_interval is not None:
+                    ensure_scheduled(queue, self.reconcile_interval)
                 clean_registries(queue, self._exc_handlers)
                 clean_worker_registry(queue)
                 queue.intermediate_queue.cleanup(self, queue)
@@ -146,6 +151,7 @@ def run(settings: Settings, *, burst: bool = False, name: str | None = None) -> 
         try:
             # Building the worker talks to Redis too (it names its connection).
             worker = BridgeWorker([bridge_queue(connection)], connection=connection, name=name)
+            worker.reconcile_interval = settings.reconcile_interval_minutes
             worked = (
                 bool(
                     worker.work(with_scheduler=True, burst=burst, logging_level=settings.log_level)

@@ -60,5 +60,5 @@ class Pacer:
 
 def backoff_seconds(attempt: int, *, rng: Callable[[], float] = random.random) -> float:
     """Exponential back-off with full jitter for the ``attempt``-th 429 in a row (from 1)."""
-    ceiling = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
+    ceiling = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** (attempt - 1))
     return ceiling / 2 + rng() * ceiling / 2

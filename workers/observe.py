@@ -1,0 +1,182 @@
+"""Observations read from the providers' APIs, merged into the ledger as webhook events are.
+
+Each observation goes where a webhook event goes in ``Applier.apply``: its entitlement and
+owner come from what the store learned, a product no rule lists is skipped unless the
+bridge already granted it, an event a webhook delivered is left to its job (the intake's
+dedupe key), and the ledger merges it under the email's lock with the same staleness
+rules. What differs: a batch of emails is locked at once, nothing is read again from the
+provider (the observation is that read), and Sotion is left to ``workers/bulk_sync.py``,
+which compares every member at once.
+
+In a dry run nothing is written: the merged ledgers are kept in ``overlay`` for the plan.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bridge.events import MembershipEvent, unusable_reason
+from bridge.intake import Intake
+from bridge.ledger import Entitlement, record
+from bridge.stripe_api import ProviderAPIError
+from workers.resolve import Resolver
+from workers.store import Store
+from workers.sync import Applier
+
+log = logging.getLogger(__name__)
+
+# Event ids a source made up for a listed object (no webhook carries them): merged on
+# their own merits, never deduplicated, so a state that comes back is seen again.
+SYNTHETIC_PREFIX = "list:"
+
+Item = tuple[str | None, MembershipEvent]
+
+
+@dataclass
+class Tally:
+    """What merging one run's observations did."""
+
+    observed: int = 0
+    merged: int = 0  # ledger changes
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> observations
+    changed_emails: set[str] = field(default_factory=set)
+    display_names: dict[str, str] = field(default_factory=dict)
+
+
+class Merger:
+    """Merges observations into the ledger (or, dry, into ``overlay``)."""
+
+    def __init__(
+        self,
+        store: Store,
+        applier: Applier,
+        intake: Intake,
+        *,
+        accept_test_events: bool = False,
+        dry_run: bool = False,
+    ) -> None:
+        self.store = store
+        self.applier = applier
+        self.intake = intake
+        self.accept_test_events = accept_test_events
+        self.dry_run = dry_run
+        # Lookups from the store only: a listing of 10,000 buyers makes no API call each.
+        self.lookup = Resolver(store)
+        self.overlay: dict[str, dict[str, Entitlement]] = {}
+        self._unknown: list[MembershipEvent] = []
+
+    def merge(self, events: Sequence[MembershipEvent], tally: Tally) -> None:
+        """Merge one batch; observations whose buyer is unknown wait for :meth:`finish`."""
+        targets: dict[str, list[Item]] = defaultdict(list)
+        for event in events:
+            tally.observed += 1
+            reason = self._skip(event)
+            if reason is not None:
+                tally.skipped[reason] += 1
+                continue
+            key = self.lookup.entitlement(event)
+            owner = self.store.owner_of(key) if key is not None else None
+            if owner is None and self.applier.unlisted(event):
+                tally.skipped["product not in the products file"] += 1
+                continue
+            email = owner or self.lookup.email(event)
+            if email is None:
+                self._unknown.append(event)
+                continue
+            targets[email].append((key, event))
+        self._write(targets, tally)
+
+    def finish(self, tally: Tally) -> None:
+        """Merge what waited for an email, now that every batch taught what it could."""
+        waiting, self._unknown = self._unknown, []
+        targets: dict[str, list[Item]] = defaultdict(list)
+        for event in waiting:
+            key = self.lookup.entitlement(event)
+            owner = self.store.owner_of(key) if key is not None else None
+            try:
+                # The last resort may ask the provider (a Stripe customer's email).
+                email = owner or self.applier.resolver.email(event)
+            except ProviderAPIError as exc:
+                log.warning("email lookup failed event=%s error=%s", event.dedupe_key, exc)
+                email = None
+            if email is None:
+                tally.skipped["no email known for the customer"] += 1
+                continue
+            targets[email].append((key, event))
+        self._write(targets, tally)
+
+    def _skip(self, event: MembershipEvent) -> str | None:
+        if event.test_mode and not self.accept_test_events:
+            return "test mode"
+        if unusable_reason(event) is not None:
+            return "unusable"
+        if not event.event_id.startswith(SYNTHETIC_PREFIX) and self.intake.delivered(event):
+            return "already delivered by webhook"
+        return None
+
+    def _write(self, targets: dict[str, list[Item]], tally: Tally) -> None:
+        emails = sorted(targets)
+        if self.dry_run:
+            for email in emails:
+                self._merge_dry(email, targets[email], tally)
+            return
+        deferred: dict[str, list[Item]] = defaultdict(list)
+        with self.store.email_locks(emails) as locks:
+            busy = [e for e in emails if self.store.lock_key(e) not in locks.held]
+            for email in emails:
+                if email not in busy:
+                    self._merge_held(email, targets[email], tally, deferred)
+        # Emails a job held meanwhile, and purchases another email turned out to own.
+        for email in busy:
+            deferred[email].extend(targets[email])
+        for email, items in sorted(deferred.items()):
+            with self.store.email_lock(email):
+                self._merge_held(email, items, tally, None)
+
+    def _merge_held(
+        self,
+        email: str,
+        items: list[Item],
+        tally: Tally,
+        deferred: dict[str, list[Item]] | None,
+    ) -> None:
+        """Merge one email's observations (its lock is held)."""
+        for key, event in items:
+            if key is not None and event.changes_entitlement:
+                owner = self.store.claim_owner(key, email)
+                if owner != email:
+                    # Another email's ledger holds this purchase: merge it there, under
+                    # that email's lock (jobs hold one lock at a time: no deadlock).
+                    if deferred is not None:
+                        deferred[owner].append((key, event))
+                    else:
+                        with self.store.email_lock(owner):
+                            self._merge_held(owner, [(key, event)], tally, None)
+                    continue
+            self.store.learn(event, email, key)
+            changes = key is not None and event.changes_entitlement
+            if changes and key is not None and self.applier.record(email, key, event):
+                tally.merged += 1
+                tally.changed_emails.add(email)
+            if event.display_name:
+                tally.display_names[email] = event.display_name
+            if not event.event_id.startswith(SYNTHETIC_PREFIX):
+                self.intake.remember(event)
+
+    def _merge_dry(self, email: str, items: list[Item], tally: Tally) -> None:
+        ledger = self.overlay.setdefault(email, self.store.entitlements(email))
+        for key, event in items:
+            if event.display_name:
+                tally.display_names[email] = event.display_name
+            if key is None or not event.changes_entitlement:
+                continue
+            merged, folded = record(ledger, key, event)
+            for other in folded:
+                ledger.pop(other, None)
+            if merged is not None:
+                ledger[key] = merged
+                tally.merged += 1
+                tally.changed_emails.add(email)
