@@ -19,6 +19,10 @@ from typing import Protocol
 from bridge.events import MembershipEvent
 
 
+class CursorError(ValueError):
+    """A saved backfill cursor this source did not make (``bridge backfill --restart``)."""
+
+
 @dataclass(frozen=True)
 class Batch:
     """One page's worth of observations, and where to resume after it."""

@@ -1,0 +1,321 @@
+"""Gumroad's listings as MembershipEvents: every sale, and what became of known purchases.
+
+Each listed sale is turned into the ping Gumroad would have sent for it and handed to
+the ping parser (bridge/providers/gumroad.py), so keys, refs, products and event ids are
+the webhook path's own, and the intake's dedupe key lets a delivered ping win:
+
+- the charge: ``sale:<id>`` (ACTIVE), or ``refund:<id>`` (ENDED) once fully refunded, dated
+  by the sale's ``created_at``, the clock of the ping's ``sale_timestamp``. A refund of an
+  old renewal therefore cannot end a subscription renewed after it.
+- a dispute: ``dispute:<id>`` (open or charged back) or ``dispute_won:<id>``, dated by the
+  page's request time as the webhook path dates dispute pings by arrival; dated by the
+  sale, a won dispute would look older than the open one it settles.
+- a subscription that is over (``dead``/``ended`` on its sales, or a subscriber whose
+  status or timestamps say so; ``cancelled`` alone is a pending cancellation): ENDED,
+  dated by the subscriber's own timestamp when read, else by the request time. Its id
+  starts with ``list:`` (no ping carries it), so it is never deduplicated.
+
+``changes`` lists the sales created since the day before ``since`` (Gumroad filters by
+day), then re-reads what a new sale cannot show: known subscriptions (the products'
+active-subscriber lists, 100 a call, while cheaper than reading each; then each one not
+seen alive) and known one-time sales (``GET /v2/sales/:id``). An id Gumroad does not know
+yields nothing: an unknown is never an ending.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from bridge.errors import PayloadError
+from bridge.events import DisputeState, EntitlementState, MembershipEvent, parse_timestamp
+from bridge.gumroad_api import GumroadAPI, GumroadNotFoundError
+from bridge.providers.gumroad import parse, sale_dispute, sale_state
+from bridge.sources import Batch, CursorError
+
+logger = logging.getLogger(__name__)
+
+PROVIDER = "gumroad"
+# Event ids made up for a listed fact no ping carries (workers/observe.py: never deduplicated).
+SYNTHETIC_PREFIX = "list:"
+# A sale's flags that describe its subscription now, not the charge itself.
+_SUBSCRIPTION_FLAGS = ("dead", "ended")
+# A subscriber's statuses that mean it is over, and the timestamp saying since when.
+_ENDED_STATUSES = {
+    "cancelled": "cancelled_at",
+    "failed_payment": "failed_at",
+    "fixed_subscription_period_ended": "ended_at",
+}
+# Gumroad's docs: terminated once any of these is set and in the past.
+_TERMINAL_STAMPS = ("ended_at", "failed_at", "cancelled_at")
+# Stands in for a subscriber with no email while the parser builds the event; removed after.
+_NO_EMAIL = "no-email@gumroad.invalid"
+
+
+@dataclass
+class _Run:
+    """What one listing run learned: the products, and the objects it has already seen."""
+
+    products: list[dict[str, Any]] | None = None
+    permalinks: dict[str, str] = field(default_factory=dict)  # product id -> custom permalink
+    alive: set[str] = field(default_factory=set)  # subscription ids whose sales say alive
+    ended: set[str] = field(default_factory=set)  # subscription ids already reported over
+    sales: set[str] = field(default_factory=set)  # sale ids already observed
+
+
+class GumroadSource:
+    """Gumroad sales, subscribers and products, read with the seller's access token."""
+
+    provider = PROVIDER
+
+    def __init__(
+        self,
+        api: GumroadAPI,
+        *,
+        seller_id: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._api = api
+        self._seller_id = seller_id
+        self._clock = clock
+
+    def backfill(self, cursor: str | None = None) -> Iterator[Batch]:
+        """Every sale Gumroad lists (newest first, one batch a page), from ``cursor``."""
+        yield from self._sales(_Run(), page_key=_page_key(cursor), after=None, resumable=True)
+
+    def changes(self, since: float | None, known: Iterable[str] = ()) -> Iterator[Batch]:
+        """New sales since ``since``, then the known entitlements read again (not resumable)."""
+        if since is None:
+            yield from self.backfill()
+            return
+        run = _Run()
+        # `after` keeps sales from that UTC day on; a day more covers any clock's midnight.
+        after = datetime.fromtimestamp(since, UTC).date() - timedelta(days=1)
+        yield from self._sales(run, page_key=None, after=after, resumable=False)
+        subscriptions, sales = _known(known)
+        yield from self._subscriptions(run, subscriptions - run.alive - run.ended)
+        for sale_id in sorted(sales - run.sales):
+            start, requested_at = self._api.calls, self._clock()
+            sale = self._api.find_sale(sale_id)
+            events = self._observe(run, sale, requested_at) if sale is not None else []
+            yield Batch(tuple(events), None, calls=self._api.calls - start)
+
+    def _sales(
+        self, run: _Run, *, page_key: str | None, after: date | None, resumable: bool
+    ) -> Iterator[Batch]:
+        while True:
+            start = self._api.calls
+            self._load_products(run)
+            requested_at = self._clock()
+            sales, next_key = self._api.sales_page(page_key=page_key, after=after)
+            events = [event for sale in sales for event in self._observe(run, sale, requested_at)]
+            cursor = json.dumps({"page_key": next_key}) if resumable and next_key else None
+            yield Batch(tuple(events), cursor, calls=self._api.calls - start)
+            if next_key is None:
+                return
+            page_key = next_key
+
+    def _load_products(self, run: _Run) -> None:
+        """The products once a run: the custom permalinks the pings name (not in a sale)."""
+        if run.products is not None:
+            return
+        run.products = self._api.products()
+        for product in run.products:
+            ident, custom = _text(product.get("id")), _text(product.get("custom_permalink"))
+            if ident and custom:
+                run.permalinks[ident] = custom
+
+    def _observe(
+        self, run: _Run, sale: Mapping[str, Any], requested_at: float
+    ) -> list[MembershipEvent]:
+        sale_id = _text(sale.get("id"))
+        if sale_id is None or (self._seller_id and sale.get("seller_id") != self._seller_id):
+            return []  # another seller's sale (a token of the wrong account)
+        run.sales.add(sale_id)
+        try:
+            return self._sale_events(run, sale, requested_at)
+        except PayloadError as exc:
+            logger.warning(
+                "gumroad_sale_unreadable provider=gumroad sale=%s error=%s", sale_id, exc
+            )
+            return []
+
+    def _sale_events(
+        self, run: _Run, sale: Mapping[str, Any], requested_at: float
+    ) -> list[MembershipEvent]:
+        payload = _ping(sale, run.permalinks)
+        charge = {k: v for k, v in sale.items() if k not in _SUBSCRIPTION_FLAGS}
+        state = sale_state(charge)  # a full refund ends the charge; partial ones do not
+        resource = "refund" if state is EntitlementState.ENDED else "sale"
+        (event,) = parse({**payload, "resource_name": resource, "refunded": resource == "refund"})
+        events = [replace(event, state=state, dispute=None)]
+        dispute = sale_dispute(sale)
+        if dispute is not None:
+            resource = "dispute_won" if dispute is DisputeState.WON else "dispute"
+            (event,) = parse({**payload, "resource_name": resource})
+            events.append(replace(event, state=None, dispute=dispute, occurred_at=requested_at))
+        subscription_id = _text(sale.get("subscription_id"))
+        if subscription_id is None:
+            return events
+        over = sale_state({k: sale.get(k) for k in _SUBSCRIPTION_FLAGS})
+        if over is not EntitlementState.ENDED:
+            run.alive.add(subscription_id)
+        elif subscription_id not in run.ended:
+            # Newest first: the first sale seen of a subscription is its latest charge.
+            run.ended.add(subscription_id)
+            ended = {
+                "subscription_id": subscription_id,
+                "product_id": payload["product_id"],
+                "user_email": payload["email"],
+                "user_id": payload["purchaser_id"],
+                "purchase_ids": [payload["sale_id"]],
+            }
+            events.append(_ended(ended, None, requested_at))
+        return events
+
+    def _subscriptions(self, run: _Run, wanted: set[str]) -> Iterator[Batch]:
+        pending = set(wanted)
+        if pending:
+            yield from self._list_subscribers(run, pending)
+        for subscription_id in sorted(pending):
+            start, requested_at = self._api.calls, self._clock()
+            subscriber = self._api.find_subscriber(subscription_id)
+            events = () if subscriber is None else _subscriber_events(subscriber, requested_at)
+            yield Batch(events, None, calls=self._api.calls - start)
+
+    def _list_subscribers(self, run: _Run, pending: set[str]) -> Iterator[Batch]:
+        """Drop from ``pending`` the subscriptions the products' active lists show alive.
+
+        A list call confirms up to 100 at once; it stops once the calls it took reach the
+        reads still pending, so the whole costs at most twice the one-by-one reads.
+        """
+        memberships = [
+            ident
+            for product in run.products or ()
+            if _membership(product) and (ident := _text(product.get("id")))
+        ]
+        if len(memberships) >= len(pending):
+            return  # one call per product at least: reading each is no dearer
+        spent = 0
+        for product_id in memberships:
+            page_key: str | None = None
+            while pending and spent < len(pending):
+                start = self._api.calls
+                try:
+                    subscribers, page_key = self._api.subscribers_page(
+                        product_id, page_key=page_key
+                    )
+                except GumroadNotFoundError:
+                    subscribers, page_key = [], None  # deleted since the products call
+                spent += 1
+                pending.difference_update(str(s.get("id")) for s in subscribers)
+                yield Batch((), None, calls=self._api.calls - start)
+                if page_key is None:
+                    break
+
+
+def _ping(sale: Mapping[str, Any], permalinks: Mapping[str, str]) -> dict[str, Any]:
+    """The sale-style ping fields Gumroad would send for ``sale`` (Purchase::PingNotification)."""
+    product_id = _text(sale.get("product_id"))
+    unique = _text(sale.get("product_permalink"))  # the API's is the unique permalink
+    return {
+        "sale_id": sale.get("id"),
+        "sale_timestamp": sale.get("created_at"),
+        # The ping's email is the one typed at checkout, which the API calls purchase_email;
+        # the API's own `email` is the buyer's Gumroad account email when there is one.
+        "email": sale.get("purchase_email") or sale.get("email"),
+        "seller_id": sale.get("seller_id"),
+        "product_id": product_id,
+        "permalink": permalinks.get(product_id or "") or unique,  # general_permalink
+        "short_product_id": unique,
+        "subscription_id": sale.get("subscription_id"),
+        "full_name": sale.get("full_name"),
+        "purchaser_id": sale.get("purchaser_id"),
+        "test": sale.get("test"),
+        "disputed": sale.get("disputed"),
+        "dispute_won": sale.get("dispute_won"),
+    }
+
+
+def _subscriber_events(
+    subscriber: Mapping[str, Any], requested_at: float
+) -> tuple[MembershipEvent, ...]:
+    """ENDED when the subscriber is over, else nothing (alive or a pending cancellation)."""
+    stamps = {name: _text(subscriber.get(name)) for name in _TERMINAL_STAMPS}
+    past = sorted(
+        (at, stamp)
+        for stamp in stamps.values()
+        if stamp and (at := parse_timestamp(stamp)) is not None and at <= requested_at
+    )
+    status = str(subscriber.get("status"))
+    if status not in _ENDED_STATUSES and not past:
+        return ()
+    # The timestamp of the status's own reason, else the earliest that has passed.
+    stamp = stamps.get(_ENDED_STATUSES.get(status, "")) or (past[0][1] if past else None)
+    payload = {
+        "subscription_id": subscriber.get("id"),
+        "product_id": subscriber.get("product_id"),
+        # `email` is the subscription's (the ping's user_email); `user_email` the account's.
+        "user_email": subscriber.get("email") or subscriber.get("user_email"),
+        "user_id": subscriber.get("user_id"),
+        "purchase_ids": subscriber.get("purchase_ids") or [],
+    }
+    try:
+        return (_ended(payload, stamp, requested_at),)
+    except PayloadError as exc:
+        logger.warning("gumroad_subscriber_unreadable provider=gumroad error=%s", exc)
+        return ()
+
+
+def _ended(payload: dict[str, Any], stamp: str | None, requested_at: float) -> MembershipEvent:
+    """The subscription_ended ping's event, dated by ``stamp`` or else the request time."""
+    at = parse_timestamp(stamp) if stamp else None
+    if at is None or at > requested_at:
+        at, stamp = requested_at, datetime.fromtimestamp(requested_at, UTC).isoformat()
+    email = _text(payload.get("user_email"))
+    body = {**payload, "resource_name": "subscription_ended", "ended_at": stamp}
+    (event,) = parse({**body, "user_email": email or _NO_EMAIL})
+    return replace(event, event_id=SYNTHETIC_PREFIX + event.event_id, occurred_at=at, email=email)
+
+
+def _membership(product: Mapping[str, Any]) -> bool:
+    return bool(product.get("is_tiered_membership") or product.get("subscription_duration"))
+
+
+def _known(keys: Iterable[str]) -> tuple[set[str], set[str]]:
+    """The subscription and sale ids among the ledger's entitlement keys (Gumroad's only)."""
+    subscriptions: set[str] = set()
+    sales: set[str] = set()
+    for key in keys:
+        ident = key.removeprefix(f"{PROVIDER}:")
+        if ident == key:
+            continue
+        if ident.startswith("sub_") and len(ident) > 4:
+            subscriptions.add(ident[4:])
+        elif ident.startswith("sale_") and len(ident) > 5:
+            sales.add(ident[5:])
+    return subscriptions, sales
+
+
+def _page_key(cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    try:
+        data = json.loads(cursor)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("page_key"), str):
+        raise CursorError("not a Gumroad backfill cursor")
+    return str(data["page_key"])
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    text = str(value).strip()
+    return text or None

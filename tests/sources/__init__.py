@@ -1,0 +1,1 @@
+"""Tests of the provider sources against their stand-ins."""
