@@ -16,6 +16,7 @@ from rich.table import Table
 from bridge import logs
 from bridge.settings import Settings, SettingsError
 from bridge.sotion import SotionError
+from bridge.sources import CursorError
 from bridge.stripe_api import ProviderAPIError
 
 if TYPE_CHECKING:  # the worker side is imported when a command runs
@@ -144,6 +145,8 @@ def _execute(
             report = work(progress)
         except ReconcileBusyError as exc:
             raise click.ClickException(str(exc)) from exc
+        except CursorError as exc:
+            raise click.ClickException(f"{exc}: run `bridge backfill --restart`") from exc
         except (ProviderAPIError, SotionError, LeaseLostError) as exc:
             raise click.ClickException(f"{kind} stopped: {exc} (run it again to continue)") from exc
         except redis.RedisError as exc:

@@ -72,10 +72,23 @@ class Intake:
                 )
         return result
 
-    def delivered(self, event: MembershipEvent) -> bool:
-        """True when this event was queued before and its job applied it or still will."""
-        previous = self.connection.get(DEDUPE_PREFIX + event.dedupe_key)
-        return previous is not None and self._dead_job(as_text(previous)) is None
+    def delivered(self, events: Iterable[MembershipEvent]) -> set[str]:
+        """The dedupe keys of the events queued before whose job applied them or still will
+        (a few round trips however many events)."""
+        keys = list(dict.fromkeys(event.dedupe_key for event in events))
+        if not keys:
+            return set()
+        values = self.connection.mget([DEDUPE_PREFIX + key for key in keys])
+        seen = {key: as_text(value) for key, value in zip(keys, values, strict=True) if value}
+        jobs = Job.fetch_many(
+            [job_id for job_id in seen.values() if job_id != APPLIED],
+            connection=self.connection,
+            serializer=self.queue.serializer,
+        )
+        dead = {
+            job.id for job in jobs if job is not None and job.get_status(refresh=False) in _DEAD
+        }
+        return {key for key, job_id in seen.items() if job_id not in dead}
 
     def remember(self, event: MembershipEvent) -> None:
         """Mark an event a reconcile applied itself: a later delivery of it is a duplicate."""

@@ -206,6 +206,12 @@ def test_park_hours_are_read_from_the_environment(value: str, expected: float) -
     assert Settings.from_env({"BRIDGE_PARK_HOURS": value}).park_hours == expected
 
 
+@pytest.mark.parametrize(("value", "expected"), [(None, 60.0), ("15", 15.0), ("0", 0.0)])
+def test_reconcile_interval_defaults_to_an_hour(value: str | None, expected: float) -> None:
+    environ = {} if value is None else {"BRIDGE_RECONCILE_INTERVAL": value}
+    assert Settings.from_env(environ).reconcile_interval_minutes == expected
+
+
 def test_zero_grace_days_revoke_past_due_at_once() -> None:
     policy = bridge_policy(Settings.from_env({"BRIDGE_PAST_DUE_GRACE_DAYS": "0"}))
     assert policy.past_due_keeps_access is False
@@ -225,6 +231,9 @@ def test_zero_grace_days_revoke_past_due_at_once() -> None:
         ({"BRIDGE_PARK_HOURS": "-1"}, "BRIDGE_PARK_HOURS"),
         ({"BRIDGE_PARK_HOURS": "a while"}, "BRIDGE_PARK_HOURS"),
         ({"BRIDGE_PARK_HOURS": "nan"}, "BRIDGE_PARK_HOURS"),
+        ({"BRIDGE_RECONCILE_INTERVAL": "-5"}, "BRIDGE_RECONCILE_INTERVAL"),
+        ({"BRIDGE_RECONCILE_INTERVAL": "hourly"}, "BRIDGE_RECONCILE_INTERVAL"),
+        ({"BRIDGE_RECONCILE_INTERVAL": "inf"}, "BRIDGE_RECONCILE_INTERVAL"),
     ],
 )
 def test_bad_policies_fail_naming_the_variable(environ: dict[str, str], named: str) -> None:

@@ -26,7 +26,7 @@ from bridge.sotion import Member, NewMember, RateLimitedError, SotionAPI, Sotion
 from bridge.sotion.client import BULK_MAX, PAGE_MAX
 from workers.lease import LeaseLostError, LeaseSet
 from workers.store import MemberRecord, Store
-from workers.sync import Applier
+from workers.sync import Applier, claimed
 
 log = logging.getLogger(__name__)
 
@@ -247,10 +247,10 @@ class BulkSync:
         if not targets:
             return
         records = self.store.member_records([t.email for t in targets])
-        for target in targets:
-            self.applier.claim(target.email, records[target.email], target.plan)
-        for target in targets:
-            locks.ensure(self.store.lock_key(target.email))
+        self.store.save_member_records(
+            {t.email: claimed(records[t.email], t.plan) for t in targets}
+        )
+        locks.ensure_all([self.store.lock_key(t.email) for t in targets])
         result = self.sotion.bulk_create_members(
             NewMember(
                 email=t.email,
@@ -262,11 +262,14 @@ class BulkSync:
         )
         report.calls["bulk create"] += 1
         outcomes = {item.email.strip().lower(): item for item in result.items}
+        finals: dict[str, MemberRecord] = {}
         for target in targets:
             item = outcomes.get(target.email)
             record = records[target.email]
             if item is not None and item.status == "created" and item.member is not None:
-                self._created(target, item.member, record, locks, report)
+                final = self._created(target, item.member, record, locks, report)
+                if final is not None:
+                    finals[target.email] = final
             elif item is not None and item.status == "conflict":
                 # Made meanwhile by someone else: nothing on it is the bridge's yet.
                 disowned = replace(record, bridge_blocked=False, bridge_paid=False)
@@ -281,6 +284,7 @@ class BulkSync:
             else:
                 reason = item.error_message if item is not None else "not in the bulk answer"
                 report.failures.append(f"{mask_email(target.email)}: create failed: {reason}")
+        self.store.save_member_records(finals)
 
     def _created(
         self,
@@ -289,7 +293,9 @@ class BulkSync:
         record: MemberRecord,
         locks: LeaseSet,
         report: SyncReport,
-    ) -> None:
+    ) -> MemberRecord | None:
+        """After a bulk create: the member's record to store, or None when a patch had to
+        follow (a block: a disputed first purchase), which stores its own."""
         plan = target.plan
         record = replace(
             record,
@@ -300,7 +306,9 @@ class BulkSync:
         )
         actions = [f"create:paid={plan.bridge_paid}"]
         actions += [f"add-group:{g}" for g in sorted(plan.add_groups)]
-        # A create sets paid and groups; a block (a disputed first purchase) is a patch.
+        if not plan.patch:
+            report.changes.append(MemberChange(mask_email(target.email), actions))
+            return record
         rest = Plan(
             patch=plan.patch, bridge_blocked=plan.bridge_blocked, bridge_paid=plan.bridge_paid
         )
@@ -311,6 +319,7 @@ class BulkSync:
             lambda: self.applier.carry_out(target.email, member, record, rest, guard, made=True),
             done=tuple(actions),
         )
+        return None
 
     def _update(self, targets: list[_Target], locks: LeaseSet, report: SyncReport) -> None:
         records = self.store.member_records([t.email for t in targets])

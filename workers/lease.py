@@ -153,6 +153,14 @@ class LeaseSet:
             self.lost.add(key)
             raise LeaseLostError("a lock of the batch expired while held; retrying")
 
+    def ensure_all(self, keys: list[str]) -> None:
+        """:meth:`ensure` for many keys, in one round trip."""
+        values = self.redis.mget(keys) if keys else []
+        for key, value in zip(keys, values, strict=True):
+            if key not in self.held or key in self.lost or value != self.token.encode():
+                self.lost.add(key)
+                raise LeaseLostError("a lock of the batch expired while held; retrying")
+
     def release(self) -> None:
         """Stop renewing and give every held key up."""
         self._stop.set()

@@ -71,14 +71,20 @@ class Merger:
     def merge(self, events: Sequence[MembershipEvent], tally: Tally) -> None:
         """Merge one batch; observations whose buyer is unknown wait for :meth:`finish`."""
         targets: dict[str, list[Item]] = defaultdict(list)
+        kept: list[tuple[str | None, MembershipEvent]] = []
+        delivered = self.intake.delivered(
+            e for e in events if not e.event_id.startswith(SYNTHETIC_PREFIX)
+        )
         for event in events:
             tally.observed += 1
-            reason = self._skip(event)
+            reason = self._skip(event, delivered)
             if reason is not None:
                 tally.skipped[reason] += 1
                 continue
-            key = self.lookup.entitlement(event)
-            owner = self.store.owner_of(key) if key is not None else None
+            kept.append((self.lookup.entitlement(event), event))
+        owners = self.store.owners_of(sorted({key for key, _ in kept if key is not None}))
+        for key, event in kept:
+            owner = owners.get(key) if key is not None else None
             if owner is None and self.applier.unlisted(event):
                 tally.skipped["product not in the products file"] += 1
                 continue
@@ -108,12 +114,12 @@ class Merger:
             targets[email].append((key, event))
         self._write(targets, tally)
 
-    def _skip(self, event: MembershipEvent) -> str | None:
+    def _skip(self, event: MembershipEvent, delivered: set[str]) -> str | None:
         if event.test_mode and not self.accept_test_events:
             return "test mode"
         if unusable_reason(event) is not None:
             return "unusable"
-        if not event.event_id.startswith(SYNTHETIC_PREFIX) and self.intake.delivered(event):
+        if event.dedupe_key in delivered:
             return "already delivered by webhook"
         return None
 
@@ -123,48 +129,72 @@ class Merger:
             for email in emails:
                 self._merge_dry(email, targets[email], tally)
             return
-        deferred: dict[str, list[Item]] = defaultdict(list)
         with self.store.email_locks(emails) as locks:
-            busy = [e for e in emails if self.store.lock_key(e) not in locks.held]
-            for email in emails:
-                if email not in busy:
-                    self._merge_held(email, targets[email], tally, deferred)
-        # Emails a job held meanwhile, and purchases another email turned out to own.
-        for email in busy:
-            deferred[email].extend(targets[email])
-        for email, items in sorted(deferred.items()):
+            held = [e for e in emails if self.store.lock_key(e) in locks.held]
+            deferred = self._merge_held({e: targets[e] for e in held}, tally)
+        # Emails a job held meanwhile, and purchases another email turned out to own: one
+        # at a time, waiting for each email's lock (jobs hold one lock at a time).
+        for email in emails:
+            if email not in held:
+                deferred.setdefault(email, []).extend(targets[email])
+        while deferred:
+            email, items = deferred.popitem()
             with self.store.email_lock(email):
-                self._merge_held(email, items, tally, None)
+                for owner, rest in self._merge_held({email: items}, tally).items():
+                    deferred.setdefault(owner, []).extend(rest)
 
-    def _merge_held(
-        self,
-        email: str,
-        items: list[Item],
-        tally: Tally,
-        deferred: dict[str, list[Item]] | None,
-    ) -> None:
-        """Merge one email's observations (its lock is held)."""
-        for key, event in items:
-            if key is not None and event.changes_entitlement:
-                owner = self.store.claim_owner(key, email)
+    def _merge_held(self, targets: dict[str, list[Item]], tally: Tally) -> dict[str, list[Item]]:
+        """Merge the observations of emails whose locks are held, in a few round trips;
+        returns those that belong to another email's ledger (by the owner's email)."""
+        claims = {
+            key: email
+            for email, items in targets.items()
+            for key, event in items
+            if key is not None and event.changes_entitlement
+        }
+        owners = self.store.claim_owners(claims)
+        elsewhere: dict[str, list[Item]] = defaultdict(list)
+        learned: list[tuple[MembershipEvent, str | None, str | None]] = []
+        mine: dict[str, list[Item]] = defaultdict(list)
+        for email, items in targets.items():
+            for key, event in items:
+                owner = owners.get(key, email) if key is not None else email
                 if owner != email:
-                    # Another email's ledger holds this purchase: merge it there, under
-                    # that email's lock (jobs hold one lock at a time: no deadlock).
-                    if deferred is not None:
-                        deferred[owner].append((key, event))
-                    else:
-                        with self.store.email_lock(owner):
-                            self._merge_held(owner, [(key, event)], tally, None)
+                    elsewhere[owner].append((key, event))
                     continue
-            self.store.learn(event, email, key)
-            changes = key is not None and event.changes_entitlement
-            if changes and key is not None and self.applier.record(email, key, event):
-                tally.merged += 1
-                tally.changed_emails.add(email)
-            if event.display_name:
-                tally.display_names[email] = event.display_name
-            if not event.event_id.startswith(SYNTHETIC_PREFIX):
-                self.intake.remember(event)
+                learned.append((event, email, key))
+                mine[email].append((key, event))
+                if event.display_name:
+                    tally.display_names[email] = event.display_name
+        self.store.learn_many(learned)
+        ledgers = self.store.ledgers(sorted(mine))
+        saves: dict[tuple[str, str], Entitlement] = {}
+        deletes: list[tuple[str, str]] = []
+        for email, items in mine.items():
+            ledger = ledgers[email]
+            for key, event in items:
+                if key is None or not event.changes_entitlement:
+                    continue
+                merged, folded = record(ledger, key, event)
+                for other in folded:
+                    ledger.pop(other, None)
+                    saves.pop((email, other), None)
+                    deletes.append((email, other))
+                if merged is not None:
+                    ledger[key] = merged
+                    saves[(email, key)] = merged
+                    tally.merged += 1
+                    tally.changed_emails.add(email)
+        self.store.write_ledgers(
+            ((email, entitlement) for (email, _), entitlement in saves.items()), deletes
+        )
+        for (email, _), entitlement in saves.items():
+            self.applier.recorded(email, entitlement)
+        for items in mine.values():
+            for _, event in items:
+                if not event.event_id.startswith(SYNTHETIC_PREFIX):
+                    self.intake.remember(event)
+        return dict(elsewhere)
 
     def _merge_dry(self, email: str, items: list[Item], tally: Tally) -> None:
         ledger = self.overlay.setdefault(email, self.store.entitlements(email))

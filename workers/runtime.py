@@ -17,6 +17,9 @@ from bridge.redact import register_secrets
 from bridge.settings import Settings, SettingsError, policy, retry_policy
 from bridge.sotion import SotionAPI, client_from_settings
 from bridge.sources import Source
+from bridge.sources.gumroad import GumroadSource
+from bridge.sources.lemonsqueezy import LemonSqueezySource
+from bridge.sources.stripe import StripeSource
 from bridge.stripe_api import StripeAPI
 from workers.budget import SharedBudget
 from workers.groups import resolve_groups
@@ -28,6 +31,9 @@ from workers.sync import Applier
 
 # A 429 is waited out inline once if the wait is short; longer waits reschedule the job.
 INLINE_RATE_LIMIT_WAIT_SECONDS = 30.0
+# A reconcile waits out a spent rate budget or a 429 up to this long, this many times a call.
+RECONCILE_RATE_LIMIT_WAIT_SECONDS = 300.0
+RECONCILE_RATE_LIMIT_WAITS = 20
 
 
 @dataclass
@@ -122,21 +128,31 @@ def build(settings: Settings, connection: redis.Redis | None = None) -> Runtime:
     )
     sources: dict[str, Source] = {}
     if stripe_api is not None:
-        from bridge.sources.stripe import StripeSource  # TEMP until the module lands
-
         sources["stripe"] = StripeSource(stripe_api)
     if lemonsqueezy_api is not None:
-        from bridge.sources.lemonsqueezy import LemonSqueezySource  # TEMP
-
         sources["lemonsqueezy"] = LemonSqueezySource(lemonsqueezy_api)
     if gumroad_api is not None:
-        from bridge.sources.gumroad import GumroadSource  # TEMP
-
         sources["gumroad"] = GumroadSource(gumroad_api, seller_id=settings.gumroad_seller_id)
+    # A backfill or reconcile waits out Sotion's rate limit however long it takes (a job
+    # gives up after 30 s and is retried later; a run of 10,000 members cannot).
+    patient = client_from_settings(
+        settings,
+        before_request=SharedBudget(connection, max_wait=RECONCILE_RATE_LIMIT_WAIT_SECONDS).acquire,
+        on_rate_limit=budget.record,
+        rate_limit_waits=RECONCILE_RATE_LIMIT_WAITS,
+        max_rate_limit_wait=RECONCILE_RATE_LIMIT_WAIT_SECONDS,
+    )
     reconciler = Reconciler(
         store,
-        applier,
-        sotion,
+        Applier(
+            store,
+            patient,
+            resolver,
+            policy=policy(settings),
+            catalog=catalog,
+            schedule_resync=schedule_resync,
+        ),
+        patient,
         Intake(queue, retry_policy(settings)),
         sources,
         accept_test_events=settings.accept_test_events,

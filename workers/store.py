@@ -13,7 +13,7 @@ Keys (all under ``bridge:``):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -105,23 +105,63 @@ class Store:
 
     def learn(self, event: MembershipEvent, email: str | None, entitlement: str | None) -> None:
         """Remember which email and entitlement the event's ids belong to."""
+        self.learn_many([(event, email, entitlement)])
+
+    def learn_many(self, items: Iterable[tuple[MembershipEvent, str | None, str | None]]) -> None:
+        """:meth:`learn` for many events, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
-        refs = dict(event.refs)
-        if email is not None:
-            if event.customer:
-                pipe.set(
-                    self.email_key(event.provider, event.customer), email, ex=ALIAS_TTL_SECONDS
-                )
-            for ref in refs.values():
-                pipe.set(self.email_key(event.provider, ref), email, ex=ALIAS_TTL_SECONDS)
-        if entitlement is not None:
-            for name in PAYMENT_REFS:
-                if name in refs:
+        for event, email, entitlement in items:
+            refs = dict(event.refs)
+            if email is not None:
+                if event.customer:
                     pipe.set(
-                        self._entitlement_key(event.provider, refs[name]),
-                        entitlement,
-                        ex=ALIAS_TTL_SECONDS,
+                        self.email_key(event.provider, event.customer), email, ex=ALIAS_TTL_SECONDS
                     )
+                for ref in refs.values():
+                    pipe.set(self.email_key(event.provider, ref), email, ex=ALIAS_TTL_SECONDS)
+            if entitlement is not None:
+                for name in PAYMENT_REFS:
+                    if name in refs:
+                        pipe.set(
+                            self._entitlement_key(event.provider, refs[name]),
+                            entitlement,
+                            ex=ALIAS_TTL_SECONDS,
+                        )
+        pipe.execute()
+
+    def claim_owners(self, claims: Mapping[str, str]) -> dict[str, str]:
+        """:meth:`claim_owner` for many entitlements (entitlement -> email), in one trip."""
+        keys = list(claims)
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.set(f"{PREFIX}owner:{key}", claims[key], nx=True, ex=ALIAS_TTL_SECONDS)
+        for key in keys:
+            pipe.get(f"{PREFIX}owner:{key}")
+        owners = pipe.execute()[len(keys) :]
+        return {
+            key: as_text(owner) if owner is not None else claims[key]
+            for key, owner in zip(keys, owners, strict=True)
+        }
+
+    def owners_of(self, entitlements: list[str]) -> dict[str, str | None]:
+        """:meth:`owner_of` for many entitlements, in one round trip."""
+        if not entitlements:
+            return {}
+        found = self.redis.mget([f"{PREFIX}owner:{key}" for key in entitlements])
+        return {
+            key: as_text(owner) if owner is not None else None
+            for key, owner in zip(entitlements, found, strict=True)
+        }
+
+    def write_ledgers(
+        self, saves: Iterable[tuple[str, Entitlement]], deletes: Iterable[tuple[str, str]]
+    ) -> None:
+        """Store and drop entitlements of many emails, in one round trip (locks held)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for email, key in deletes:
+            pipe.hdel(f"{PREFIX}ledger:{email}", key)
+        for email, entitlement in saves:
+            pipe.hset(f"{PREFIX}ledger:{email}", entitlement.key, json.dumps(entitlement.to_json()))
         pipe.execute()
 
     def claim_owner(self, entitlement: str, email: str) -> str:
@@ -176,18 +216,23 @@ class Store:
 
     def save_member_record(self, email: str, record: MemberRecord) -> None:
         """Store what the bridge knows and did about a member."""
-        key = f"{PREFIX}member:{email}"
+        self.save_member_records({email: record})
+
+    def save_member_records(self, records: Mapping[str, MemberRecord]) -> None:
+        """Store the records of many members, in one transaction."""
         pipe = self.redis.pipeline()
-        if record.id is None:
-            pipe.hdel(key, "id")
-        fields: dict[bytes | bytearray | memoryview[int] | str | int | float, str] = {
-            "bridge_blocked": "1" if record.bridge_blocked else "0",
-            "bridge_paid": "1" if record.bridge_paid else "0",
-            "groups": json.dumps(sorted(record.groups)),
-        }
-        if record.id is not None:
-            fields["id"] = record.id
-        pipe.hset(key, mapping=fields)
+        for email, record in records.items():
+            key = f"{PREFIX}member:{email}"
+            if record.id is None:
+                pipe.hdel(key, "id")
+            fields: dict[bytes | bytearray | memoryview[int] | str | int | float, str] = {
+                "bridge_blocked": "1" if record.bridge_blocked else "0",
+                "bridge_paid": "1" if record.bridge_paid else "0",
+                "groups": json.dumps(sorted(record.groups)),
+            }
+            if record.id is not None:
+                fields["id"] = record.id
+            pipe.hset(key, mapping=fields)
         pipe.execute()
 
     # -- locks -----------------------------------------------------------------------

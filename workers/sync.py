@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bridge.events import EntitlementState, MembershipEvent
-from bridge.ledger import record
+from bridge.ledger import Entitlement, record
 from bridge.membership import (
     DesiredMember,
     MemberSnapshot,
@@ -141,6 +141,12 @@ class Applier:
         if merged is None:
             return False
         self.store.save_entitlement(email, merged)
+        self.recorded(email, merged)
+        return True
+
+    def recorded(self, email: str, merged: Entitlement) -> None:
+        """After an entitlement is stored: a past_due one is looked at again when its
+        grace runs out."""
         grace = self.policy.past_due_grace_seconds
         if (
             merged.state is EntitlementState.PAST_DUE
@@ -148,7 +154,6 @@ class Applier:
             and self.schedule_resync is not None
         ):
             self.schedule_resync(email, merged.occurred_at + grace + 1)
-        return True
 
     def sync_member(
         self,
@@ -244,14 +249,9 @@ class Applier:
 
     def claim(self, email: str, record: MemberRecord, plan: Plan) -> None:
         """Record as the bridge's what the plan is about to set (before the calls)."""
-        claimed = replace(
-            record,
-            bridge_blocked=record.bridge_blocked or plan.bridge_blocked,
-            bridge_paid=record.bridge_paid or plan.bridge_paid,
-            groups=record.groups | plan.add_groups,
-        )
-        if claimed != record:
-            self.store.save_member_record(email, claimed)
+        updated = claimed(record, plan)
+        if updated != record:
+            self.store.save_member_record(email, updated)
 
     def plan(self, desired: DesiredMember, member: Member | None, record: MemberRecord) -> Plan:
         return plan_changes(
@@ -323,6 +323,16 @@ class Applier:
     def _remove_group(self, group_id: str, member_id: str) -> None:
         with suppress(NotFoundError):  # already out of the group
             self.sotion.remove_group_member(group_id, member_id)
+
+
+def claimed(record: MemberRecord, plan: Plan) -> MemberRecord:
+    """The record once what the plan sets is claimed as the bridge's."""
+    return replace(
+        record,
+        bridge_blocked=record.bridge_blocked or plan.bridge_blocked,
+        bridge_paid=record.bridge_paid or plan.bridge_paid,
+        groups=record.groups | plan.add_groups,
+    )
 
 
 def _snapshot(member: Member | None) -> MemberSnapshot | None:
