@@ -15,6 +15,7 @@ from bridge.sources.lemonsqueezy import LemonSqueezySource
 from bridge.sources.pacing import MAX_RATE_LIMITED_TRIES, Pacer, RateLimitExhaustedError
 from bridge.stripe_api import ProviderAPIError
 from tests import lemonsqueezy_events as webhooks
+from tests.sources import timing
 from tests.standins.lemonsqueezy import Call, LemonSqueezyStandIn
 from tests.standins.server import StandInServer
 
@@ -28,19 +29,8 @@ PACE = 60 / 300
 _AUTH = {"Authorization": f"Bearer {API_KEY}", "Accept": "application/vnd.api+json"}
 
 
-class FakeTime:
-    """A monotonic clock that only the injected sleep moves."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+class FakeTime(timing.FakeTime):
+    """The shared fake clock, and which of its waits were not the steady pace."""
 
     def holds(self) -> list[float]:
         """The waits that were not the steady pace (429 back-offs)."""

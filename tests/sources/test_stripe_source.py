@@ -25,6 +25,7 @@ from bridge.stripe_api import (
     ProviderAPIError,
     StripeAPI,
 )
+from tests.sources.timing import FakeTime
 from tests.standins.server import StandInServer
 from tests.standins.stripe import MONTHLY, ONE_TIME, StripeStandIn
 
@@ -69,21 +70,6 @@ class Clock:
         value = self.now
         self.now += self.step
         return value
-
-
-class FakeTime:
-    """A monotonic clock that only the injected sleep moves (the pacer's and the limiter's)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture
