@@ -17,6 +17,7 @@ from bridge import logs
 from bridge.settings import Settings, SettingsError
 from bridge.sotion import SotionError
 from bridge.sources import CursorError
+from bridge.sources.pacing import RateLimitExhaustedError
 from bridge.stripe_api import ProviderAPIError
 
 if TYPE_CHECKING:  # the worker side is imported when a command runs
@@ -147,7 +148,7 @@ def _execute(
             raise click.ClickException(str(exc)) from exc
         except CursorError as exc:
             raise click.ClickException(f"{exc}: run `bridge backfill --restart`") from exc
-        except (ProviderAPIError, SotionError, LeaseLostError) as exc:
+        except (ProviderAPIError, RateLimitExhaustedError, SotionError, LeaseLostError) as exc:
             raise click.ClickException(f"{kind} stopped: {exc} (run it again to continue)") from exc
         except redis.RedisError as exc:
             raise click.ClickException(f"Redis is unreachable ({type(exc).__name__})") from exc

@@ -120,7 +120,7 @@ class Merger:
         if unusable_reason(event) is not None:
             return "unusable"
         if event.dedupe_key in delivered:
-            return "already delivered by webhook"
+            return "already applied (a webhook or an earlier run)"
         return None
 
     def _write(self, targets: dict[str, list[Item]], tally: Tally) -> None:

@@ -35,6 +35,7 @@ subscription and order, so nothing in ``known`` needs reading one by one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -132,6 +133,10 @@ class LemonSqueezySource:
             event = _event(resource, name, requested_at)
             if event is None:
                 continue
+            if status == "partial_refund":
+                # Listed, a partly refunded order is a paid one: the webhook path has
+                # recorded it from its order_created, and a partial refund changes nothing.
+                event = dataclasses.replace(event, state=EntitlementState.ACTIVE)
             owner = aliases.get(event.refs.get("order") or "")
             if owner is not None:
                 event = _folded(event, owner)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -236,7 +237,9 @@ def _as_webhook(
         "id": f"{_SYNTHETIC}{snapshot}",
         "object": "event",
         "type": kind,
-        "created": requested_at,
+        # Stripe's events carry whole seconds: a change made in the second of the read,
+        # after it, must not look older than the listing (ties go to the later stage).
+        "created": math.floor(requested_at) - 1,
         "livemode": obj.get("livemode") is not False,
         "data": {"object": dict(obj)},
     }

@@ -146,7 +146,8 @@ def test_each_subscription_status_gives_the_webhook_state(
         ("failed", "order_created", EntitlementState.PENDING),
         ("fraudulent", "order_created", EntitlementState.ENDED),
         ("refunded", "order_refunded", EntitlementState.ENDED),
-        ("partial_refund", "order_refunded", None),  # still paid for the most part
+        # Still paid for the most part: listed, it grants as the paid order it was.
+        ("partial_refund", "order_refunded", EntitlementState.ACTIVE),
     ],
 )
 def test_each_order_status_gives_the_webhook_state(

@@ -36,6 +36,9 @@ EMAIL = "Buyer@Example.COM"
 # When the stand-in's objects are created (its clock), and when the source asks (its own).
 CREATED = 1_790_000_000
 REQUESTED_AT = 1_800_000_000.0
+# A listing is dated in Stripe's whole seconds, one before the request: a change made in
+# the second of the read, after it, is newer than the listing.
+LISTED_AT = REQUESTED_AT - 1
 DAY = 86_400
 SUBSCRIPTION_STATES = {
     "active": EntitlementState.ACTIVE,
@@ -151,7 +154,7 @@ def test_every_subscription_status_maps_as_the_webhook_parser_maps_it(
     assert event.email == "buyer@example.com"
     assert event.customer == customer
     assert event.display_name == "Jenny Rosen"
-    assert event.occurred_at == REQUESTED_AT
+    assert event.occurred_at == LISTED_AT
     assert event.test_mode is True
     webhook = _webhook(standin, "customer.subscription.created")
     assert (webhook.entitlement, webhook.products, webhook.refs, webhook.customer) == (
@@ -236,7 +239,7 @@ def test_a_paid_checkout_is_active_under_the_webhooks_key_refs_and_email(
     assert event.state is EntitlementState.ACTIVE
     assert event.products == ONE_TIME
     assert event.display_name == "Jenny Rosen"
-    assert event.occurred_at == REQUESTED_AT
+    assert event.occurred_at == LISTED_AT
     assert event.event_id == f"list:{session}:active"
     [call] = standin.calls_to("/v1/checkout/sessions")
     assert call.query["status"] == "complete"
@@ -378,7 +381,7 @@ def test_every_dispute_status_maps_as_the_webhook_parser_maps_it(
     assert event.refs == _webhook(standin, "charge.dispute.created").refs
     # A customer's payment: the engine looks the customer's email up, as for a webhook.
     assert (event.customer, event.email) == (customer, None)
-    assert event.occurred_at == REQUESTED_AT
+    assert event.occurred_at == LISTED_AT
 
 
 def test_a_guest_payments_dispute_carries_the_email_on_the_charge(
@@ -479,7 +482,7 @@ def test_429s_are_waited_out_with_exponential_back_off(
     for wait, ceiling in zip(fake_time.sleeps, (1.0, 2.0, 4.0), strict=True):
         assert ceiling / 2 <= wait <= ceiling
     # Dated just before the request that was answered, not the first one.
-    assert first.events[0].occurred_at == REQUESTED_AT + 3
+    assert first.events[0].occurred_at == LISTED_AT + 3
 
 
 def test_429s_without_end_give_up_with_rate_limit_exhausted(
