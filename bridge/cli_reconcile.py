@@ -129,7 +129,7 @@ def _prepare(provider: str) -> tuple[Reconciler, list[str], Console]:
 def _execute(
     console: Console, kind: str, work: Callable[[Callable[[str, int], None]], Report]
 ) -> None:
-    from workers.lease import LeaseLostError
+    from workers.lease import LeaseBusyError, LeaseLostError
     from workers.reconcile import ReconcileBusyError
 
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}"))
@@ -148,7 +148,13 @@ def _execute(
             raise click.ClickException(str(exc)) from exc
         except CursorError as exc:
             raise click.ClickException(f"{exc}: run `bridge backfill --restart`") from exc
-        except (ProviderAPIError, RateLimitExhaustedError, SotionError, LeaseLostError) as exc:
+        except (
+            ProviderAPIError,
+            RateLimitExhaustedError,
+            SotionError,
+            LeaseLostError,
+            LeaseBusyError,
+        ) as exc:
             raise click.ClickException(f"{kind} stopped: {exc} (run it again to continue)") from exc
         except redis.RedisError as exc:
             raise click.ClickException(f"Redis is unreachable ({type(exc).__name__})") from exc

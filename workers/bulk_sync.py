@@ -24,7 +24,7 @@ from bridge.membership import DesiredMember, MemberSnapshot, Plan, desired_membe
 from bridge.redact import mask_email
 from bridge.sotion import Member, NewMember, RateLimitedError, SotionAPI, SotionError
 from bridge.sotion.client import BULK_MAX, PAGE_MAX
-from workers.lease import LeaseLostError, LeaseSet
+from workers.lease import LeaseBusyError, LeaseLostError, LeaseSet
 from workers.store import MemberRecord, Store
 from workers.sync import Applier, claimed
 
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 # A member's writes are tried this often when Sotion answers 429 (waiting each time).
 RATE_LIMITED_TRIES = 4
+# Members patched under one batch of locks: a webhook job of one of them waits at most
+# for this many members' writes (it gives up after 15 s and retries later).
+UPDATE_CHUNK = 20
 
 Progress = Callable[[str, int], None]
 
@@ -60,6 +63,7 @@ class _Target:
     email: str
     member: Member | None
     plan: Plan
+    adopted: MemberRecord | None = None  # --adopt-paid: the record to store under the lock
 
 
 class BulkSync:
@@ -84,6 +88,7 @@ class BulkSync:
         self._clock = clock
         self._sleep = sleep
         self._snapshot: dict[str, Member] = {}
+        self._by_id: dict[str, Member] = {}
         self._groups: dict[str, frozenset[str]] = {}
 
     def run(
@@ -118,7 +123,7 @@ class BulkSync:
             self._locked(
                 chunk, report, lambda held, locks: self._create(held, locks, names, report)
             )
-        for chunk in _chunks(updates, BULK_MAX):
+        for chunk in _chunks(updates, UPDATE_CHUNK):
             self._locked(chunk, report, lambda held, locks: self._update(held, locks, report))
         return report
 
@@ -134,6 +139,7 @@ class BulkSync:
             report.calls["list members"] += 1
             for member in page:
                 self._snapshot[member.email] = member
+                self._by_id[member.id] = member
             if progress is not None:
                 progress("sotion", len(self._snapshot))
             if not page.has_more:
@@ -163,12 +169,21 @@ class BulkSync:
         record: MemberRecord,
         report: SyncReport | None,
     ) -> _Target | None:
-        """The member's plan against the listing; None when nothing is to be written."""
-        member = self._snapshot.get(email)
+        """The member's plan against the listing; None when nothing is to be written.
+
+        Nothing is stored here but a member's id: the record may be stale until the
+        email's lock is held (``report`` None: planning again under the lock).
+        """
+        # By the id the bridge knows first: a member may have changed their login email.
+        member = self._by_id.get(record.id or "") or self._snapshot.get(email)
         desired = desired_member(
             ledger.values(), self.applier.policy, self.applier.catalog, now=self._clock()
         )
-        record = self._adopt(email, desired, member, record, report)
+        adopted = self._adopt(desired, member, record)
+        if adopted is not None:
+            if report is not None:
+                report.adopted += 1
+            record = adopted
         plan = plan_changes(
             desired,
             self._member_snapshot(member),
@@ -177,32 +192,22 @@ class BulkSync:
             bridge_groups=record.groups,
             policy=self.applier.policy,
         )
-        if plan.empty:
+        if plan.empty and adopted is None:
             if member is not None and record.id != member.id and not self.dry_run:
-                self.store.save_member_record(email, replace(record, id=member.id))
+                self.store.save_member_id(email, member.id)
             return None
-        return _Target(email, member, plan)
+        return _Target(email, member, plan, adopted)
 
     def _adopt(
-        self,
-        email: str,
-        desired: DesiredMember,
-        member: Member | None,
-        record: MemberRecord,
-        report: SyncReport | None,
-    ) -> MemberRecord:
+        self, desired: DesiredMember, member: Member | None, record: MemberRecord
+    ) -> MemberRecord | None:
         """With ``adopt_paid``, a member paid by hand for a purchase the ledger holds
         becomes the bridge's: when that purchase ends, they are un-paid."""
         if not (self.adopt_paid and desired.paid and member is not None and member.paid):
-            return record
+            return None
         if record.bridge_paid:
-            return record
-        adopted = replace(record, id=member.id, bridge_paid=True)
-        if report is not None:
-            report.adopted += 1
-        if not self.dry_run:
-            self.store.save_member_record(email, adopted)
-        return adopted
+            return None
+        return replace(record, id=member.id, bridge_paid=True)
 
     def _member_snapshot(self, member: Member | None) -> MemberSnapshot | None:
         if member is None:
@@ -225,19 +230,39 @@ class BulkSync:
         emails = [t.email for t in chunk]
         with self.store.email_locks(emails) as locks:
             held = [t for t in chunk if self.store.lock_key(t.email) in locks.held]
-            write(self._replanned(held), locks)
+            planned, stale = self._replanned(held)
+            for email in stale:
+                # The bridge made this member after the listing: the one-member path
+                # looks it up again (under the lock held here).
+                guard = _guard(locks, self.store.lock_key(email))
+                self._each(email, report, partial(self.applier.sync_member, email, guard=guard))
+            write(planned, locks)
         for target in chunk:
             if self.store.lock_key(target.email) not in locks.held:
                 # A job holds it: the one-member path waits for it, then looks again.
                 self._each(target.email, report, partial(self.applier.resync, target.email))
 
-    def _replanned(self, targets: list[_Target]) -> list[_Target]:
-        """The plans again from the ledgers as they are now that the locks are held."""
+    def _replanned(self, targets: list[_Target]) -> tuple[list[_Target], list[str]]:
+        """The plans again from the ledgers and records as they are now that the locks are
+        held, and the emails whose member the listing is too old to know."""
         emails = [t.email for t in targets]
         ledgers = self.store.ledgers(emails)
         records = self.store.member_records(emails)
-        fresh = (self._target(e, ledgers[e], records[e], None) for e in emails if ledgers[e])
-        return [t for t in fresh if t is not None]
+        planned: list[_Target] = []
+        stale: list[str] = []
+        for email in emails:
+            if not ledgers[email]:
+                continue
+            target = self._target(email, ledgers[email], records[email], None)
+            if target is None:
+                continue
+            if target.member is None and records[email].id is not None:
+                stale.append(email)
+                continue
+            if target.adopted is not None:
+                self.store.save_member_record(email, target.adopted)
+            planned.append(target)
+        return planned, stale
 
     def _create(
         self, targets: list[_Target], locks: LeaseSet, names: Mapping[str, str], report: SyncReport
@@ -353,7 +378,7 @@ class BulkSync:
                     return
                 self._sleep(exc.wait_seconds())
                 continue
-            except (SotionError, LeaseLostError) as exc:
+            except (SotionError, LeaseLostError, LeaseBusyError) as exc:
                 report.failures.append(f"{mask_email(email)}: {exc}")
                 log.warning("member repair failed email=%s error=%s", mask_email(email), exc)
                 return

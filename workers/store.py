@@ -218,6 +218,18 @@ class Store:
         """Store what the bridge knows and did about a member."""
         self.save_member_records({email: record})
 
+    def save_member_id(self, email: str, member_id: str) -> None:
+        """Remember a member's Sotion id, leaving what the record says of its fields alone
+        (safe without the email's lock: the id is Sotion's, whoever reads it)."""
+        key = f"{PREFIX}member:{email}"
+        pipe = self.redis.pipeline()
+        pipe.hset(key, "id", member_id)
+        # A new record: nothing on the member is the bridge's.
+        pipe.hsetnx(key, "bridge_blocked", "0")
+        pipe.hsetnx(key, "bridge_paid", "0")
+        pipe.hsetnx(key, "groups", "[]")
+        pipe.execute()
+
     def save_member_records(self, records: Mapping[str, MemberRecord]) -> None:
         """Store the records of many members, in one transaction."""
         pipe = self.redis.pipeline()
