@@ -64,6 +64,7 @@ class _Listing:
     """A provider listing of ``events``, a page of 100 at a time."""
 
     provider = "stripe"
+    dated_by_objects = False
 
     def __init__(self, events: list[MembershipEvent]) -> None:
         self.events = events

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import click
@@ -23,6 +23,8 @@ from bridge.stripe_api import ProviderAPIError
 if TYPE_CHECKING:  # the worker side is imported when a command runs
     from workers.reconcile import Reconciler, Report
 
+# No provider's purchase is older: a --since before it is a typo.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 PROVIDERS = ("stripe", "lemonsqueezy", "gumroad")
 # The API key each provider's reads need.
 _KEYS = {
@@ -43,6 +45,8 @@ def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> flo
         ) from None
     if moment.tzinfo is None:
         raise click.BadParameter("give a time zone, e.g. 2026-11-30T08:00:00Z or +01:00")
+    if not EARLIEST <= moment <= datetime.now(UTC):
+        raise click.BadParameter("must be between 2000-01-01 and now")
     return moment.timestamp()
 
 
@@ -65,8 +69,11 @@ def backfill(provider: str, dry_run: bool, adopt_paid: bool, restart: bool) -> N
     """
     reconciler, providers, console = _prepare(provider)
     if restart and not dry_run:
-        for name in providers:
-            reconciler.redis.delete(f"bridge:backfill:cursor:{name}")
+        try:
+            for name in providers:
+                reconciler.redis.delete(f"bridge:backfill:cursor:{name}")
+        except redis.RedisError as exc:
+            raise click.ClickException(f"Redis is unreachable ({type(exc).__name__})") from exc
     _execute(
         console,
         "backfill",
@@ -115,6 +122,8 @@ def _prepare(provider: str) -> tuple[Reconciler, list[str], Console]:
         raise click.ClickException(str(exc)) from exc
     except SotionError as exc:
         raise click.ClickException(f"Sotion: {exc}") from exc
+    except ValueError as exc:  # a provider key no API client can send (never echoed)
+        raise click.ClickException(str(exc)) from exc
     reconciler = current.reconciler
     wanted = list(PROVIDERS) if provider == "all" else [provider]
     providers = [p for p in wanted if p in reconciler.sources]

@@ -54,6 +54,9 @@ class DesiredMember:
     paid: bool
     blocked: bool
     groups: frozenset[str] = frozenset()
+    # Blocked only because the last purchase ended (BRIDGE_ON_END=block), not a dispute:
+    # that block is for members whose access the bridge granted.
+    ended_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,16 +129,19 @@ def desired_member(
             counted.append((entitlement, grant))
     active = [grant for entitlement, grant in counted if grants_access(entitlement, policy, now)]
     disputed = any(is_disputed(e, policy) for e, _ in counted)
-    blocked = (disputed and policy.dispute_action is DisputeAction.BLOCK) or (
-        not active and bool(counted) and policy.revoke_action is RevokeAction.BLOCK
-    )
+    dispute_block = disputed and policy.dispute_action is DisputeAction.BLOCK
+    ended_block = not active and bool(counted) and policy.revoke_action is RevokeAction.BLOCK
+    blocked = dispute_block or ended_block
     groups: set[str] = set()
     for grant in active:
         groups.update(grant.groups)
     if active and catalog is not None:
         groups.update(catalog.default_groups)
     return DesiredMember(
-        paid=any(grant.paid for grant in active), blocked=blocked, groups=frozenset(groups)
+        paid=any(grant.paid for grant in active),
+        blocked=blocked,
+        groups=frozenset(groups),
+        ended_only=blocked and not dispute_block,
     )
 
 
@@ -155,9 +161,13 @@ def plan_changes(
     bridge added. A block or a ``paid`` made by hand is undone only when the policy allows
     it; groups added by hand are never removed.
     """
+    if desired.ended_only and not (bridge_paid or bridge_blocked or policy.unpay_manual_paid):
+        # The end of a purchase blocks whom the bridge let in, not a comp or a stranger.
+        desired = DesiredMember(paid=desired.paid, blocked=False, groups=desired.groups)
     if member is None:
-        if not (desired.paid or desired.blocked or desired.groups):
-            return Plan()  # no member and nothing to grant: do not create one
+        if not (desired.paid or desired.groups) and (desired.ended_only or not desired.blocked):
+            # Nothing to grant: no member is made (not even to block them for an end).
+            return Plan()
         patch: dict[str, Any] = {"status": "blocked"} if desired.blocked else {}
         return Plan(
             create=True,

@@ -238,7 +238,9 @@ def test_block_revoke_action_blocks_once_the_last_entitlement_ends() -> None:
     policy = Policy(revoke_action=RevokeAction.BLOCK)
     ledger = [entitlement(ENDED, "stripe:sub_1"), entitlement(ENDED, "stripe:pi_2")]
 
-    assert desired_member(ledger, policy) == DesiredMember(paid=False, blocked=True)
+    assert desired_member(ledger, policy) == DesiredMember(
+        paid=False, blocked=True, ended_only=True
+    )
 
 
 def test_block_revoke_action_does_not_block_while_an_entitlement_is_active() -> None:
@@ -514,3 +516,19 @@ def test_dispute_of_a_member_paid_by_hand_blocks_but_leaves_paid() -> None:
 
     assert result.patch == {"status": "blocked"}
     assert (result.bridge_blocked, result.bridge_paid) == (True, False)
+
+
+def test_block_on_end_spares_members_the_bridge_never_let_in() -> None:
+    policy = Policy(revoke_action=RevokeAction.BLOCK)
+    ended = desired_member([entitlement(ENDED, "stripe:sub_1")], policy)
+    comp = MemberSnapshot(paid=True, blocked=False)
+    # Paid by hand (a comp): the end of a purchase neither blocks nor un-pays them.
+    assert plan_changes(ended, comp, bridge_blocked=False, bridge_paid=False, policy=policy).empty
+    # Paid by the bridge: blocked and un-paid.
+    plan = plan_changes(ended, comp, bridge_blocked=False, bridge_paid=True, policy=policy)
+    assert plan.patch == {"paid": False, "status": "blocked"}
+    # Already blocked by the bridge: stays blocked on every later sync.
+    gone = MemberSnapshot(paid=False, blocked=True)
+    assert plan_changes(ended, gone, bridge_blocked=True, bridge_paid=False, policy=policy).empty
+    # No member: none is made just to be blocked.
+    assert plan_changes(ended, None, bridge_blocked=False, bridge_paid=False, policy=policy).empty

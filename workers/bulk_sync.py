@@ -96,8 +96,12 @@ class BulkSync:
         overlay: Mapping[str, Mapping[str, Entitlement]] | None = None,
         display_names: Mapping[str, str] | None = None,
         progress: Progress | None = None,
+        guard: Callable[[], None] = lambda: None,
     ) -> SyncReport:
-        """Compare and repair every member; ``overlay`` replaces stored ledgers (dry runs)."""
+        """Compare and repair every member; ``overlay`` replaces stored ledgers (dry runs).
+
+        ``guard`` runs before each batch of writes (the run's lease: it raises if lost).
+        """
         report = SyncReport()
         overlay = overlay or {}
         names = display_names or {}
@@ -120,10 +124,12 @@ class BulkSync:
                 report.changes.append(MemberChange(mask_email(target.email), _describe(target)))
             return report
         for chunk in _chunks(creates, BULK_MAX):
+            guard()
             self._locked(
                 chunk, report, lambda held, locks: self._create(held, locks, names, report)
             )
         for chunk in _chunks(updates, UPDATE_CHUNK):
+            guard()
             self._locked(chunk, report, lambda held, locks: self._update(held, locks, report))
         return report
 

@@ -119,6 +119,10 @@ def reconcile_providers() -> dict[str, Any]:
         report = reconciler.reconcile(sorted(reconciler.sources))
     except ReconcileBusyError:
         return {"skipped": "another backfill or reconcile is running"}
+    except Exception:
+        # Kept in RQ's failed registry with its reason; the next run is scheduled anyway.
+        metrics.count(current.redis, "bridge_reconciles", outcome="failed")
+        raise
     summary = report.summary()
     metrics.count(current.redis, "bridge_reconciles", outcome="done")
     metrics.count(current.redis, "bridge_reconcile_repairs", len(report.sync.changes))

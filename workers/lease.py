@@ -84,7 +84,7 @@ class Lease:
         """Raise LeaseLostError unless the lease is still ours (call before each write)."""
         if self.lost or self.redis.get(self.key) != self.token.encode():
             self.lost = True
-            raise LeaseLostError("the email's lock expired while held; retrying")
+            raise LeaseLostError(f"the lock of {self.label} expired while held; retrying")
 
     def release(self) -> None:
         """Stop renewing and give the lease up (a no-op if it was lost meanwhile)."""

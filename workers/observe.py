@@ -14,21 +14,26 @@ In a dry run nothing is written: the merged ledgers are kept in ``overlay`` for 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
-from bridge.events import MembershipEvent, unusable_reason
+from bridge.events import EntitlementState, MembershipEvent, unusable_reason
 from bridge.intake import Intake
 from bridge.ledger import Entitlement, record
 from bridge.stripe_api import ProviderAPIError
 from workers.lease import LeaseBusyError
-from workers.resolve import Resolver
+from workers.resolve import Resolver, UnresolvedError
 from workers.store import Store
 from workers.sync import Applier
 
 log = logging.getLogger(__name__)
 
+# A purchase this new that the bridge has never seen is left to its webhook, which may be
+# queued and name another login (Lemon Squeezy's sotion_email is in webhooks only): a
+# listing that claimed it first would give it to the buyer's own email.
+SETTLE_SECONDS = 600
 # Event ids a source made up for a listed object (no webhook carries them): merged on
 # their own merits, never deduplicated, so a state that comes back is seen again.
 SYNTHETIC_PREFIX = "list:"
@@ -58,7 +63,9 @@ class Merger:
         *,
         accept_test_events: bool = False,
         dry_run: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._clock = clock
         self.store = store
         self.applier = applier
         self.intake = intake
@@ -69,8 +76,14 @@ class Merger:
         self.overlay: dict[str, dict[str, Entitlement]] = {}
         self._unknown: list[MembershipEvent] = []
 
-    def merge(self, events: Sequence[MembershipEvent], tally: Tally) -> None:
-        """Merge one batch; observations whose buyer is unknown wait for :meth:`finish`."""
+    def merge(
+        self, events: Sequence[MembershipEvent], tally: Tally, *, settle: bool = False
+    ) -> None:
+        """Merge one batch; observations whose buyer is unknown wait for :meth:`finish`.
+
+        ``settle``: the events are dated by the objects' own clock, and a new purchase
+        younger than ``SETTLE_SECONDS`` is left to its webhook (the next run takes it).
+        """
         targets: dict[str, list[Item]] = defaultdict(list)
         kept: list[tuple[str | None, MembershipEvent]] = []
         delivered = self.intake.delivered(
@@ -83,11 +96,25 @@ class Merger:
                 tally.skipped[reason] += 1
                 continue
             kept.append((self.lookup.entitlement(event), event))
+        # Those that waited for an email may be known now (a page taught it).
+        waiting, self._unknown = self._unknown, []
+        kept += [(self.lookup.entitlement(event), event) for event in waiting]
         owners = self.store.owners_of(sorted({key for key, _ in kept if key is not None}))
         for key, event in kept:
             owner = owners.get(key) if key is not None else None
+            if self._needs_products(event):
+                try:
+                    # A Checkout event names no product; the products file needs one.
+                    event = self.applier.resolver.refresh(event, key)
+                except (ProviderAPIError, UnresolvedError) as exc:
+                    log.warning("products unknown event=%s error=%s", event.dedupe_key, exc)
+                    tally.skipped["products unknown (provider API failed)"] += 1
+                    continue
             if owner is None and self.applier.unlisted(event):
                 tally.skipped["product not in the products file"] += 1
+                continue
+            if settle and owner is None and self._settling(event):
+                tally.skipped["bought in the last 10 minutes (left to its webhook)"] += 1
                 continue
             email = owner or self.lookup.email(event)
             if email is None:
@@ -95,6 +122,11 @@ class Merger:
                 continue
             targets[email].append((key, event))
         self._write(targets, tally)
+
+    @property
+    def waiting(self) -> int:
+        """Observations held back until :meth:`finish` (their buyer is not known yet)."""
+        return len(self._unknown)
 
     def finish(self, tally: Tally) -> None:
         """Merge what waited for an email, now that every batch taught what it could."""
@@ -114,6 +146,23 @@ class Merger:
                 continue
             targets[email].append((key, event))
         self._write(targets, tally)
+
+    def _settling(self, event: MembershipEvent) -> bool:
+        return (
+            event.state is EntitlementState.ACTIVE
+            and self._clock() - event.occurred_at < SETTLE_SECONDS
+        )
+
+    def _needs_products(self, event: MembershipEvent) -> bool:
+        """A delivered-style Stripe Checkout event (from the events API) when a products
+        file decides what it grants: its products are read as the webhook path reads them."""
+        return (
+            self.applier.catalog is not None
+            and event.provider == "stripe"
+            and not event.products
+            and "checkout_session" in event.refs
+            and not event.event_id.startswith(SYNTHETIC_PREFIX)
+        )
 
     def _skip(self, event: MembershipEvent, delivered: set[str]) -> str | None:
         if event.test_mode and not self.accept_test_events:
@@ -180,7 +229,7 @@ class Merger:
             for key, event in items:
                 if key is None or not event.changes_entitlement:
                     continue
-                merged, folded = record(ledger, key, event)
+                merged, folded = record(ledger, key, _unmoved(ledger.get(key), event))
                 for other in folded:
                     ledger.pop(other, None)
                     saves.pop((email, other), None)
@@ -208,10 +257,21 @@ class Merger:
                 tally.display_names[email] = event.display_name
             if key is None or not event.changes_entitlement:
                 continue
-            merged, folded = record(ledger, key, event)
+            merged, folded = record(ledger, key, _unmoved(ledger.get(key), event))
             for other in folded:
                 ledger.pop(other, None)
             if merged is not None:
                 ledger[key] = merged
                 tally.merged += 1
                 tally.changed_emails.add(email)
+
+
+def _unmoved(held: Entitlement | None, event: MembershipEvent) -> MembershipEvent:
+    """A listing dated by its read that sees the lifecycle the ledger holds says nothing
+    new about it: its date must not move (a past_due grace counts from the real change).
+    """
+    if held is None or not event.event_id.startswith(SYNTHETIC_PREFIX):
+        return event
+    if event.state is not held.state:
+        return event
+    return replace(event, state=None)

@@ -34,6 +34,12 @@ from workers.sync import Applier
 RUN_LOCK_KEY = f"{PREFIX}reconcile:lock"
 # The run's lease: renewed while it runs; a killed run frees it within this long.
 RUN_LOCK_SECONDS = 30
+# Known purchases a reconcile re-reads one by one at most, per provider and run (Gumroad:
+# 200 calls, under 4 minutes at its pace); the next run takes the next ones, in turn.
+KNOWN_PER_RUN = 200
+# With no earlier run, a reconcile looks back this far (Stripe retries for 3 days); only
+# a backfill, or --since, lists everything.
+DEFAULT_LOOKBACK_SECONDS = 3 * 86400
 # Entitlement states whose changes a provider's lists may not show (re-read one by one).
 _GRANTING = frozenset({EntitlementState.ACTIVE, EntitlementState.PAST_DUE})
 
@@ -143,12 +149,29 @@ class Reconciler:
         """What changed at each provider since ``since`` (default: the last run), merged,
         then every member repaired."""
         known = self._granting_keys()
+        turns: dict[str, int] = {}
 
         def listing(provider: str, source: Source) -> tuple[Iterator[Batch], bool]:
             start = since if since is not None else self.last_run(provider)
-            return source.changes(start, sorted(known.get(provider, ()))), False
+            if start is None:
+                start = self._clock() - DEFAULT_LOOKBACK_SECONDS
+            keys, turns[provider] = self._in_turn(provider, sorted(known.get(provider, ())))
+            return source.changes(start, keys), False
 
-        return self._run("reconcile", providers, listing, dry_run, False, progress)
+        report = self._run("reconcile", providers, listing, dry_run, False, progress)
+        if not dry_run:
+            for provider, offset in turns.items():
+                self.redis.set(_turn_key(provider), offset)
+        return report
+
+    def _in_turn(self, provider: str, keys: list[str]) -> tuple[list[str], int]:
+        """This run's share of the known purchases, and where the next run starts."""
+        if len(keys) <= KNOWN_PER_RUN:
+            return keys, 0
+        stored = self.redis.get(_turn_key(provider))
+        start = int(stored) % len(keys) if stored is not None else 0
+        share = (keys + keys)[start : start + KNOWN_PER_RUN]
+        return share, (start + KNOWN_PER_RUN) % len(keys)
 
     def last_run(self, provider: str) -> float | None:
         """When the last complete backfill or reconcile of ``provider`` started."""
@@ -182,16 +205,26 @@ class Reconciler:
                 self.intake,
                 accept_test_events=self.accept_test_events,
                 dry_run=dry_run,
+                clock=self._clock,
             )
             names: dict[str, str] = {}
             for provider in providers:
                 tally = Tally()
-                batches, resumed = listing(provider, self.sources[provider])
+                source = self.sources[provider]
+                settle = bool(getattr(source, "dated_by_objects", False))
+                batches, resumed = listing(provider, source)
                 calls = 0
                 for batch in batches:
-                    merger.merge(batch.events, tally)
+                    lease.ensure()  # a run that lost its lease stops before writing more
+                    merger.merge(batch.events, tally, settle=settle)
                     calls += batch.calls
-                    if kind == "backfill" and not dry_run:
+                    # A page whose observations wait for an email is not done yet: the
+                    # cursor moves past it only once nothing waits (or the listing ends).
+                    if (
+                        kind == "backfill"
+                        and not dry_run
+                        and (batch.cursor is None or not merger.waiting)
+                    ):
                         self._save_cursor(provider, batch.cursor)
                     if progress is not None:
                         progress(provider, tally.observed)
@@ -208,7 +241,10 @@ class Reconciler:
                 adopt_paid=adopt_paid,
                 clock=self._clock,
             )
-            report.sync = sync.run(merger.overlay if dry_run else None, names, progress)
+            lease.ensure()
+            report.sync = sync.run(
+                merger.overlay if dry_run else None, names, progress, guard=lease.ensure
+            )
             if not dry_run:
                 for provider in providers:
                     self.redis.set(_last_key(provider), repr(started))
@@ -236,6 +272,10 @@ class Reconciler:
 
 def _cursor_key(provider: str) -> str:
     return f"{PREFIX}backfill:cursor:{provider}"
+
+
+def _turn_key(provider: str) -> str:
+    return f"{PREFIX}reconcile:known-offset:{provider}"
 
 
 def _last_key(provider: str) -> str:

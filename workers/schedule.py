@@ -1,24 +1,30 @@
 """The scheduled reconcile: one RQ job, scheduled again after each run, across all workers.
 
 Each worker's maintenance pass (which one worker at a time runs, under a lock) makes sure
-the job ``bridge-reconcile`` is waiting in RQ's scheduler while an interval is set: when
-it ran (finished or failed) or was never scheduled, the next run is scheduled an interval
-later; with the interval set to 0, a waiting run is cancelled. The run itself takes the
-reconcile lease, so it never overlaps a ``bridge reconcile`` started by hand.
+a reconcile job is waiting in RQ's scheduler while an interval is set: when the last one
+ran (finished or failed) or none was ever scheduled, the next is scheduled an interval
+later, under an id of its own (``bridge-reconcile-<time>-<random>``, named in
+``bridge:reconcile:next``), so the last runs' results and failures stay in RQ's
+registries for a week. With the interval set to 0, a waiting run is cancelled. The run
+itself takes the reconcile lease, so it never overlaps a ``bridge reconcile`` by hand.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+import uuid
+from datetime import UTC, datetime, timedelta
 
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.utils import as_text
 
 log = logging.getLogger(__name__)
 
-RECONCILE_JOB_ID = "bridge-reconcile"
+RECONCILE_JOB_PREFIX = "bridge-reconcile-"
+# The id of the reconcile job scheduled last.
+NEXT_KEY = "bridge:reconcile:next"
 RECONCILE_JOB = "workers.jobs.reconcile_providers"
 # A reconcile of a large site may take long: RQ stops a job that runs past this.
 RECONCILE_TIMEOUT_SECONDS = 3600
@@ -29,7 +35,7 @@ _WAITING = frozenset({JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.STARTED, 
 
 def ensure_scheduled(queue: Queue, interval_minutes: float) -> Job | None:
     """Schedule the next reconcile unless one waits; returns the job scheduled now, if any."""
-    job = _current(queue)
+    job = current_job(queue)
     waiting = job is not None and job.get_status(refresh=False) in _WAITING
     if interval_minutes <= 0:
         if waiting and job is not None and job.get_status(refresh=False) is JobStatus.SCHEDULED:
@@ -38,23 +44,29 @@ def ensure_scheduled(queue: Queue, interval_minutes: float) -> Job | None:
         return None
     if waiting:
         return None
-    if job is not None:
-        job.delete()  # its result stays in the log line and the job's summary key
+    delay = timedelta(minutes=interval_minutes)
+    due = int((datetime.now(UTC) + delay).timestamp())
+    job_id = f"{RECONCILE_JOB_PREFIX}{due}-{uuid.uuid4().hex[:8]}"
     scheduled = queue.enqueue_in(
-        timedelta(minutes=interval_minutes),
+        delay,
         RECONCILE_JOB,
-        job_id=RECONCILE_JOB_ID,
+        job_id=job_id,
         job_timeout=RECONCILE_TIMEOUT_SECONDS,
         result_ttl=RECONCILE_RESULT_TTL,
         failure_ttl=RECONCILE_RESULT_TTL,
         description="scheduled reconcile",
     )
-    log.info("reconcile scheduled in_minutes=%g", interval_minutes)
+    queue.connection.set(NEXT_KEY, job_id)
+    log.info("reconcile scheduled in_minutes=%g job=%s", interval_minutes, job_id)
     return scheduled
 
 
-def _current(queue: Queue) -> Job | None:
+def current_job(queue: Queue) -> Job | None:
+    """The reconcile job scheduled last (waiting, running or done), if RQ still has it."""
+    job_id = queue.connection.get(NEXT_KEY)
+    if job_id is None:
+        return None
     try:
-        return Job.fetch(RECONCILE_JOB_ID, connection=queue.connection, serializer=queue.serializer)
+        return Job.fetch(as_text(job_id), connection=queue.connection, serializer=queue.serializer)
     except NoSuchJobError:
         return None

@@ -39,6 +39,9 @@ class Source(Protocol):
     """What the reconcile engine needs of one provider."""
 
     provider: str
+    # True when events are dated by the objects' own clock (the webhooks' too), not by
+    # the read: the engine then leaves purchases made minutes ago to their webhooks.
+    dated_by_objects: bool
 
     def backfill(self, cursor: str | None = None) -> Iterator[Batch]:
         """Every current and past purchase, from ``cursor`` (None: the start)."""

@@ -71,6 +71,9 @@ class _Run:
 class GumroadSource:
     """Gumroad sales, subscribers and products, read with the seller's access token."""
 
+    # Listed objects carry the webhooks' own clock (updated_at / the sale's time).
+    dated_by_objects = True
+
     provider = PROVIDER
 
     def __init__(

@@ -65,6 +65,9 @@ Aliases = dict[str, str]
 class LemonSqueezySource:
     """Lemon Squeezy subscriptions and orders, read with the operator's API key."""
 
+    # Listed objects carry the webhooks' own clock (updated_at / the sale's time).
+    dated_by_objects = True
+
     provider = PROVIDER
 
     def __init__(self, api: LemonSqueezyAPI, *, clock: Callable[[], float] = time.time) -> None:

@@ -75,6 +75,9 @@ _FAILED_PAYMENTS = frozenset({"requires_payment_method", "canceled"})
 class StripeSource:
     """Stripe's subscriptions, one-time checkouts and disputes, as MembershipEvents."""
 
+    # Listings are dated by the read: Stripe's events carry whole seconds of their own.
+    dated_by_objects = False
+
     provider = stripe_provider.PROVIDER
 
     def __init__(self, api: StripeAPI, *, clock: Callable[[], float] = time.time) -> None:

@@ -46,6 +46,7 @@ class ScriptedSource:
 
     pages: list[list[MembershipEvent]]
     provider: str = "stripe"
+    dated_by_objects: bool = False
     fail_after: int | None = None
     cursors: list[str | None] = field(default_factory=list)  # what each call was given
     since: list[float | None] = field(default_factory=list)

@@ -47,10 +47,10 @@ from tests.reliability.processes import Fleet, environment, wait_until
 from tests.standins.gumroad import GumroadStandIn
 from tests.standins.lemonsqueezy import LemonSqueezyStandIn
 from tests.standins.server import StandInServer
-from tests.standins.stripe import StripeStandIn
+from tests.standins.stripe import ONE_TIME, StripeStandIn
 from tests.test_stripe_flow import RequestLog, record_requests
 from workers import runtime as worker_runtime
-from workers.schedule import RECONCILE_JOB_ID
+from workers.schedule import NEXT_KEY
 from workers.store import Store
 
 CURSOR = "bridge:backfill:cursor:lemonsqueezy"
@@ -785,7 +785,7 @@ def test_the_worker_reconciles_on_its_own_schedule(
         **env,
     )
     wait_until(
-        lambda: redis_conn.exists(f"rq:job:{RECONCILE_JOB_ID}"),
+        lambda: redis_conn.exists(NEXT_KEY),
         30,
         "the worker's maintenance pass to schedule a reconcile",
         fleet.logs(),
@@ -861,7 +861,12 @@ def test_a_placeholder_or_refused_key_stops_the_command_without_printing_it(
 
 def test_since_must_be_an_iso_time_with_a_zone(bridge: Bridge, ls_server: StandInServer) -> None:
     env = lemonsqueezy_env(ls_server)
-    for value in ("yesterday", "2026-11-30T08:00:00"):
+    for value in (
+        "yesterday",
+        "2026-11-30T08:00:00",
+        "9999-12-31T23:00:00-12:00",  # the day after would not fit a date
+        "0001-01-01T00:00:00+05:00",
+    ):
         out = bridge.run("reconcile", "--since", value, **env)
         assert out.code == 2, out.output
         assert "Invalid value for '--since'" in out.output
@@ -888,9 +893,20 @@ def test_a_run_while_another_holds_the_lock_says_so_and_writes_nothing(
 
 
 def test_redis_unreachable_is_said_plainly(bridge: Bridge, ls_server: StandInServer) -> None:
-    out = bridge.run("reconcile", REDIS_URL="redis://127.0.0.1:9/0", **lemonsqueezy_env(ls_server))
+    for command in (["reconcile"], ["backfill", "--restart"]):
+        out = bridge.run(*command, REDIS_URL="redis://127.0.0.1:9/0", **lemonsqueezy_env(ls_server))
+        assert out.code == 1
+        assert "Redis is unreachable" in out.output
+
+
+def test_a_token_no_client_can_send_is_refused_without_echoing_it(
+    bridge: Bridge, gumroad_server: StandInServer
+) -> None:
+    env = {**gumroad_env(gumroad_server), "GUMROAD_ACCESS_TOKEN": "abc def"}
+    out = bridge.run("backfill", "gumroad", **env)
     assert out.code == 1
-    assert "Redis is unreachable" in out.output
+    assert "Gumroad access token contains whitespace" in out.output
+    assert "abc def" not in out.output
 
 
 def test_help_lists_each_commands_options(bridge: Bridge) -> None:
@@ -1011,3 +1027,29 @@ def test_gumroad_backfill_ends_as_the_pings_would_have(
     )
     sales_pages = gumroad.calls_to("/v2/sales")
     assert len(sales_pages) == math.ceil(len(gumroad.sales) / 10)
+
+
+def test_a_lost_one_time_checkout_with_a_products_file_is_granted_by_reconcile(
+    bridge: Bridge,
+    stripe: StripeStandIn,
+    stripe_clock: Clock,
+    stripe_server: StandInServer,
+    sotion: SandboxServer,
+    sotion_api: SotionClient,
+    tmp_path: Path,
+) -> None:
+    products = tmp_path / "products.toml"
+    products.write_text(
+        f'[[products]]\nname = "Course"\nstripe_prices = ["{ONE_TIME[0]}"]\n', encoding="utf-8"
+    )
+    env = {**stripe_env(stripe_server), "BRIDGE_PRODUCTS": str(products)}
+    assert bridge.run("backfill", "stripe", **env).code == 0
+    stripe_clock.advance(3)
+    # A guest buys the course while the bridge is down: only /v1/events knows.
+    stripe.add_checkout(email="guest@example.com")
+    out = bridge.run("reconcile", "--provider", "stripe", **env)
+    assert out.code == 0, out.output
+    # The Checkout event names no product: its line items are read, as for the webhook.
+    member = find(sotion_api, "guest@example.com")
+    assert member.paid
+    assert any(call.path.endswith("/line_items") for call in stripe.calls)

@@ -323,3 +323,101 @@ def test_jobs_queued_meanwhile_still_apply(
     drain(queue)
     member = sotion_api.find_member_by_email("j@example.com")
     assert member is not None and not member.paid
+
+
+def test_the_cursor_does_not_pass_a_page_whose_buyer_is_still_unknown(
+    build: Build, runtime: worker_runtime.Runtime, redis_conn: redis.Redis
+) -> None:
+    # Page 1: a deleted customer's subscription (no email); page 2 teaches the email.
+    unknown = observed(None, "sub_gone", customer="cus_gone")
+    teacher = observed("gone@example.com", "sub_other", customer="cus_gone")
+    pages = [[unknown], [teacher], [observed("x@example.com", "sub_x")], [], []]
+    source = ScriptedSource(pages, fail_after=4)
+    cursors: list[bytes | None] = []
+
+    class Watched(ScriptedSource):
+        def backfill(self, cursor=None):
+            for batch in source.backfill(cursor):
+                yield batch
+                cursors.append(redis_conn.get("bridge:backfill:cursor:stripe"))
+
+    with pytest.raises(ConnectionError):
+        build(stripe=Watched([])).backfill(["stripe"])
+    # Not past page 1 while its observation waited; past page 3 once page 2 taught it.
+    assert cursors[:2] == [None, None]
+    assert redis_conn.get("bridge:backfill:cursor:stripe") == b'{"page": 4}'
+    assert "stripe:sub_gone" in runtime.store.entitlements("gone@example.com")
+
+
+def test_a_listing_of_an_unchanged_past_due_does_not_restart_its_grace(
+    build: Build, runtime: worker_runtime.Runtime
+) -> None:
+    first = observed("p@example.com", "sub_p", EntitlementState.PAST_DUE, at=1_000.0)
+    build(stripe=ScriptedSource([[first]])).backfill(["stripe"])
+    again = observed("p@example.com", "sub_p", EntitlementState.PAST_DUE, at=900_000.0)
+    report = build(stripe=ScriptedSource([[again]])).reconcile(["stripe"])
+    assert report.providers[0].merged == 0
+    held = runtime.store.entitlements("p@example.com")["stripe:sub_p"]
+    assert held.occurred_at == 1_000.0  # the grace counts from the real change
+
+
+def test_known_purchases_are_re_read_in_turn_a_bounded_share_per_run(
+    build: Build, monkeypatch
+) -> None:
+    from workers import reconcile as engine
+
+    monkeypatch.setattr(engine, "KNOWN_PER_RUN", 3)
+    events = [observed(f"k{i}@example.com", f"sub_{i}") for i in range(7)]
+    build(stripe=ScriptedSource([events])).backfill(["stripe"])
+    seen: list[list[str]] = []
+    for _ in range(3):
+        source = ScriptedSource([[]])
+        build(stripe=source).reconcile(["stripe"])
+        seen.append(source.known[0])
+    keys = sorted(f"stripe:sub_{i}" for i in range(7))
+    assert seen == [keys[0:3], keys[3:6], [keys[6], *keys[0:2]]]
+
+
+def test_with_no_earlier_run_a_reconcile_looks_back_three_days(build: Build) -> None:
+    import time
+
+    source = ScriptedSource([[]])
+    before = time.time()
+    build(stripe=source).reconcile(["stripe"])
+    [since] = source.since
+    assert since is not None and before - 3 * 86400 - 5 <= since <= before - 3 * 86400 + 5
+
+
+def test_a_run_that_loses_its_lease_stops_before_writing_more(
+    build: Build, redis_conn: redis.Redis, sotion_api: SotionClient
+) -> None:
+    from workers.lease import LeaseLostError
+
+    class Stealing(ScriptedSource):
+        def backfill(self, cursor=None):
+            for batch in super().backfill(cursor):
+                yield batch
+                redis_conn.set("bridge:reconcile:lock", "another run")  # a failover, a stall
+
+    source = Stealing(_pages(_emails(300)))
+    with pytest.raises(LeaseLostError):
+        build(stripe=source).backfill(["stripe"])
+    assert list(sotion_api.iter_members()) == []
+
+
+def test_a_purchase_minutes_old_is_left_to_its_webhook_by_sources_on_the_objects_clock(
+    build: Build, runtime: worker_runtime.Runtime
+) -> None:
+    import time
+
+    now = time.time()
+    fresh = observed("fresh@example.com", "sub_fresh", at=now - 60)
+    older = observed("older@example.com", "sub_older", at=now - 3600)
+    source = ScriptedSource([[fresh, older]], dated_by_objects=True)
+    report = build(stripe=source).reconcile(["stripe"])
+    assert report.providers[0].skipped == {"bought in the last 10 minutes (left to its webhook)": 1}
+    assert runtime.store.owner_of("stripe:sub_fresh") is None  # its webhook may name another
+    assert runtime.store.owner_of("stripe:sub_older") == "older@example.com"
+    # A source dated by its reads cannot tell: it merges at once.
+    build(stripe=ScriptedSource([[fresh]])).reconcile(["stripe"])
+    assert runtime.store.owner_of("stripe:sub_fresh") == "fresh@example.com"

@@ -12,11 +12,19 @@ from bridge.sotion import SotionClient
 from tests.conftest import drain
 from tests.reconcile.scripted import ScriptedSource, observed
 from workers import runtime as worker_runtime
-from workers.schedule import RECONCILE_JOB, RECONCILE_JOB_ID, ensure_scheduled
+from workers.schedule import RECONCILE_JOB, current_job, ensure_scheduled
+
+RECONCILE_JOB_ID = "bridge-reconcile-test"
 
 
 def _job(queue: Queue) -> Job:
     return Job.fetch(RECONCILE_JOB_ID, connection=queue.connection, serializer=JSONSerializer)
+
+
+def _scheduled(queue: Queue) -> Job:
+    job = current_job(queue)
+    assert job is not None
+    return job
 
 
 def test_one_run_is_scheduled_an_interval_ahead_however_often_workers_ask(queue: Queue) -> None:
@@ -25,28 +33,55 @@ def test_one_run_is_scheduled_an_interval_ahead_however_often_workers_ask(queue:
     for _ in range(3):  # every maintenance pass of every worker asks again
         assert ensure_scheduled(queue, 60) is None
     registry = queue.scheduled_job_registry
-    assert registry.get_job_ids() == [RECONCILE_JOB_ID]
-    at = registry.get_scheduled_time(RECONCILE_JOB_ID).timestamp()
+    job = _scheduled(queue)
+    assert registry.get_job_ids() == [job.id]
+    at = registry.get_scheduled_time(job.id).timestamp()
     assert before + 3600 - 5 <= at <= before + 3600 + 5
-    assert _job(queue).func_name == RECONCILE_JOB
+    assert job.func_name == RECONCILE_JOB
 
 
 def test_interval_zero_cancels_the_waiting_run_and_schedules_none(queue: Queue) -> None:
     ensure_scheduled(queue, 60)
     assert ensure_scheduled(queue, 0) is None
-    assert _job(queue).get_status() is JobStatus.CANCELED
+    assert _scheduled(queue).get_status() is JobStatus.CANCELED
     assert queue.scheduled_job_registry.get_job_ids() == []
     assert ensure_scheduled(queue, 0) is None
 
 
-def test_after_a_run_the_next_one_is_scheduled(
+def test_after_a_run_the_next_one_is_scheduled_and_the_last_ones_result_stays(
     queue: Queue, runtime: worker_runtime.Runtime
 ) -> None:
-    queue.enqueue(RECONCILE_JOB, job_id=RECONCILE_JOB_ID)
+    first = ensure_scheduled(queue, 30)
+    assert first is not None
+    queue.scheduled_job_registry.remove(first)
+    queue.enqueue_job(first)  # its time has come
     drain(queue)
-    assert _job(queue).get_status() is JobStatus.FINISHED
-    assert ensure_scheduled(queue, 30) is not None
-    assert queue.scheduled_job_registry.get_job_ids() == [RECONCILE_JOB_ID]
+    assert first.get_status() is JobStatus.FINISHED
+    second = ensure_scheduled(queue, 30)
+    assert second is not None and second.id != first.id
+    assert queue.scheduled_job_registry.get_job_ids() == [second.id]
+    assert first.id in queue.finished_job_registry.get_job_ids()
+
+
+def test_a_failed_run_stays_in_the_failed_registry_and_is_counted(
+    queue: Queue, runtime: worker_runtime.Runtime, monkeypatch
+) -> None:
+    from bridge.metrics import METRICS_KEY
+
+    def broken(providers, **options):  # the provider's API is down
+        raise ConnectionError("provider unreachable")
+
+    monkeypatch.setattr(runtime.reconciler, "reconcile", broken)
+    job = ensure_scheduled(queue, 30)
+    assert job is not None
+    queue.scheduled_job_registry.remove(job)
+    queue.enqueue_job(job)
+    drain(queue)
+    assert job.id in queue.failed_job_registry.get_job_ids()
+    assert queue.connection.hget(METRICS_KEY, "bridge_reconciles|outcome=failed") == b"1"
+    later = ensure_scheduled(queue, 30)
+    assert later is not None
+    assert job.id in queue.failed_job_registry.get_job_ids()
 
 
 def test_a_scheduled_run_repairs_a_member_changed_by_hand(
@@ -80,8 +115,8 @@ def test_a_workers_maintenance_pass_schedules_it(queue: Queue) -> None:
     worker = BridgeWorker([queue], connection=queue.connection)
     worker.reconcile_interval = 15
     worker.clean_registries()
-    assert queue.scheduled_job_registry.get_job_ids() == [RECONCILE_JOB_ID]
+    assert queue.scheduled_job_registry.get_job_ids() == [_scheduled(queue).id]
     idle = BridgeWorker([queue], connection=queue.connection)  # reconcile_interval None
-    _job(queue).delete()
+    _scheduled(queue).delete()
     idle.clean_registries()
     assert queue.scheduled_job_registry.get_job_ids() == []
