@@ -14,7 +14,9 @@ import logging
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from types import TracebackType
+from typing import Self
 
 import redis
 
@@ -46,7 +48,31 @@ class LeaseLostError(Exception):
     retryable = True
 
 
-class Lease:
+class _Held(ABC):
+    """``with`` holds it for the block: ``acquire`` on entry, ``release`` on exit."""
+
+    @abstractmethod
+    def acquire(self) -> object:
+        """Take it."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Give it up."""
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+class Lease(_Held):
     """``with Lease(...):`` holds ``key`` for the block, renewing it every third of ``ttl``."""
 
     def __init__(
@@ -107,20 +133,8 @@ class Lease:
             except redis.RedisError:
                 log.warning("could not renew a lease; retrying lease=%s", self.label)
 
-    def __enter__(self) -> Lease:
-        self.acquire()
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
-
-
-class LeaseSet:
+class LeaseSet(_Held):
     """Many leases taken at once (a batch of emails), renewed by one thread.
 
     Keys another holder has are not waited for: :meth:`acquire` returns the ones it got,
@@ -187,15 +201,3 @@ class LeaseSet:
                         self.lost.add(key)
             except redis.RedisError:
                 log.warning("could not renew a lease set; retrying")
-
-    def __enter__(self) -> LeaseSet:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
