@@ -21,7 +21,7 @@ from functools import partial
 
 from bridge.ledger import Entitlement
 from bridge.membership import DesiredMember, MemberSnapshot, Plan, desired_member, plan_changes
-from bridge.redact import mask_email
+from bridge.redact import mask_email, redact
 from bridge.sotion import Member, NewMember, RateLimitedError, SotionAPI, SotionError
 from bridge.sotion.client import BULK_MAX, PAGE_MAX
 from workers.lease import LeaseBusyError, LeaseLostError, LeaseSet
@@ -314,7 +314,9 @@ class BulkSync:
                 )
             else:
                 reason = item.error_message if item is not None else "not in the bulk answer"
-                report.failures.append(f"{mask_email(target.email)}: create failed: {reason}")
+                report.failures.append(
+                    f"{mask_email(target.email)}: create failed: {redact(str(reason))}"
+                )
         self.store.save_member_records(finals)
 
     def _created(
@@ -385,7 +387,7 @@ class BulkSync:
                 self._sleep(exc.wait_seconds())
                 continue
             except (SotionError, LeaseLostError, LeaseBusyError) as exc:
-                report.failures.append(f"{mask_email(email)}: {exc}")
+                report.failures.append(f"{mask_email(email)}: {redact(str(exc))}")
                 log.warning("member repair failed email=%s error=%s", mask_email(email), exc)
                 return
             for action in actions:

@@ -421,3 +421,24 @@ def test_a_purchase_minutes_old_is_left_to_its_webhook_by_sources_on_the_objects
     # A source dated by its reads cannot tell: it merges at once.
     build(stripe=ScriptedSource([[fresh]])).reconcile(["stripe"])
     assert runtime.store.owner_of("stripe:sub_fresh") == "fresh@example.com"
+
+
+def test_a_member_sotion_refuses_is_reported_masked_and_the_rest_repaired(
+    build: Build, runtime: worker_runtime.Runtime, sotion_api: SotionClient, monkeypatch
+) -> None:
+    from bridge.sotion import PermanentError
+
+    sotion_api.create_member("refused@example.com", paid=False)
+    sotion_api.create_member("fine@example.com", paid=False)
+    original = runtime.sotion.update_member
+
+    def refusing(member_id: str, **fields):  # Sotion's message quotes the address
+        if member_id == sotion_api.find_member_by_email("refused@example.com").id:
+            raise PermanentError("invalid member refused@example.com", status=422)
+        return original(member_id, **fields)
+
+    monkeypatch.setattr(runtime.sotion, "update_member", refusing)
+    events = [observed("refused@example.com", "sub_r"), observed("fine@example.com", "sub_f")]
+    report = build(stripe=ScriptedSource([events])).backfill(["stripe"])
+    assert report.sync.failures == ["r***@example.com: invalid member r***@example.com status=422"]
+    assert sotion_api.find_member_by_email("fine@example.com").paid
