@@ -161,8 +161,10 @@ def plan_changes(
     bridge added. A block or a ``paid`` made by hand is undone only when the policy allows
     it; groups added by hand are never removed.
     """
-    if desired.ended_only and not (bridge_paid or bridge_blocked or policy.unpay_manual_paid):
-        # The end of a purchase blocks whom the bridge let in, not a comp or a stranger.
+    let_in = bridge_paid or bridge_blocked or bool(bridge_groups) or policy.unpay_manual_paid
+    if desired.ended_only and not let_in:
+        # The end of a purchase blocks whom the bridge let in (paid, or put in a group),
+        # not a comp or a stranger.
         desired = DesiredMember(paid=desired.paid, blocked=False, groups=desired.groups)
     if member is None:
         if not (desired.paid or desired.groups) and (desired.ended_only or not desired.blocked):

@@ -532,3 +532,18 @@ def test_block_on_end_spares_members_the_bridge_never_let_in() -> None:
     assert plan_changes(ended, gone, bridge_blocked=True, bridge_paid=False, policy=policy).empty
     # No member: none is made just to be blocked.
     assert plan_changes(ended, None, bridge_blocked=False, bridge_paid=False, policy=policy).empty
+
+
+def test_block_on_end_blocks_a_member_the_bridge_let_in_through_groups_only() -> None:
+    policy = Policy(revoke_action=RevokeAction.BLOCK)
+    ended = desired_member([entitlement(ENDED, "stripe:sub_1")], policy)
+    member = MemberSnapshot(paid=False, blocked=False, groups=frozenset({"g_club"}))
+    plan = plan_changes(
+        ended,
+        member,
+        bridge_blocked=False,
+        bridge_paid=False,
+        bridge_groups=frozenset({"g_club"}),
+        policy=policy,
+    )
+    assert plan.patch == {"status": "blocked"} and plan.remove_groups == {"g_club"}

@@ -24,6 +24,7 @@ from bridge.membership import DesiredMember, MemberSnapshot, Plan, desired_membe
 from bridge.redact import mask_email, redact
 from bridge.sotion import Member, NewMember, RateLimitedError, SotionAPI, SotionError
 from bridge.sotion.client import BULK_MAX, PAGE_MAX
+from workers import store as store_module
 from workers.lease import LeaseBusyError, LeaseLostError, LeaseSet
 from workers.store import MemberRecord, Store
 from workers.sync import Applier, claimed
@@ -35,6 +36,8 @@ RATE_LIMITED_TRIES = 4
 # Members patched under one batch of locks: a webhook job of one of them waits at most
 # for this many members' writes (it gives up after 15 s and retries later).
 UPDATE_CHUNK = 20
+# How often a run looks again at the emails a job holds.
+BUSY_POLL_SECONDS = 0.2
 
 Progress = Callable[[str, int], None]
 
@@ -187,8 +190,8 @@ class BulkSync:
         )
         adopted = self._adopt(desired, member, record)
         if adopted is not None:
-            if report is not None:
-                report.adopted += 1
+            if report is not None and self.dry_run:
+                report.adopted += 1  # a real run counts it where it is stored
             record = adopted
         plan = plan_changes(
             desired,
@@ -232,23 +235,35 @@ class BulkSync:
         report: SyncReport,
         write: Callable[[list[_Target], LeaseSet], None],
     ) -> None:
-        """Run ``write`` for the chunk's emails whose locks are free; the rest one by one."""
-        emails = [t.email for t in chunk]
-        with self.store.email_locks(emails) as locks:
-            held = [t for t in chunk if self.store.lock_key(t.email) in locks.held]
-            planned, stale = self._replanned(held)
-            for email in stale:
-                # The bridge made this member after the listing: the one-member path
-                # looks it up again (under the lock held here).
-                guard = _guard(locks, self.store.lock_key(email))
-                self._each(email, report, partial(self.applier.sync_member, email, guard=guard))
-            write(planned, locks)
-        for target in chunk:
-            if self.store.lock_key(target.email) not in locks.held:
-                # A job holds it: the one-member path waits for it, then looks again.
-                self._each(target.email, report, partial(self.applier.resync, target.email))
+        """Run ``write`` for the chunk's emails under their locks: the free ones at once,
+        those a job holds as soon as it lets them go (planned again then)."""
+        pending = chunk
+        deadline = time.monotonic() + store_module.RUN_LOCK_WAIT_SECONDS
+        while True:
+            with self.store.email_locks([t.email for t in pending]) as locks:
+                held = [t for t in pending if self.store.lock_key(t.email) in locks.held]
+                planned, stale = self._replanned(held, report)
+                for email in stale:
+                    # The bridge made this member after the listing: the one-member path
+                    # looks it up again (under the lock held here).
+                    guard = _guard(locks, self.store.lock_key(email))
+                    write_one = partial(self.applier.sync_member, email, guard=guard)
+                    self._each(email, report, write_one)
+                write(planned, locks)
+            pending = [t for t in pending if self.store.lock_key(t.email) not in locks.held]
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                for target in pending:
+                    report.failures.append(
+                        f"{mask_email(target.email)}: a job kept its lock; run again"
+                    )
+                return
+            self._sleep(BUSY_POLL_SECONDS)
 
-    def _replanned(self, targets: list[_Target]) -> tuple[list[_Target], list[str]]:
+    def _replanned(
+        self, targets: list[_Target], report: SyncReport
+    ) -> tuple[list[_Target], list[str]]:
         """The plans again from the ledgers and records as they are now that the locks are
         held, and the emails whose member the listing is too old to know."""
         emails = [t.email for t in targets]
@@ -267,6 +282,7 @@ class BulkSync:
                 continue
             if target.adopted is not None:
                 self.store.save_member_record(email, target.adopted)
+                report.adopted += 1
             planned.append(target)
         return planned, stale
 

@@ -23,7 +23,7 @@ from bridge.events import EntitlementState, MembershipEvent, unusable_reason
 from bridge.intake import Intake
 from bridge.ledger import Entitlement, record
 from bridge.stripe_api import ProviderAPIError
-from workers.lease import LeaseBusyError
+from workers import store as store_module
 from workers.resolve import Resolver, UnresolvedError
 from workers.store import Store
 from workers.sync import Applier
@@ -187,15 +187,13 @@ class Merger:
         for email in emails:
             if email not in held:
                 deferred.setdefault(email, []).extend(targets[email])
+        # A job keeping one past RUN_LOCK_WAIT_SECONDS stops the run (LeaseBusyError) before
+        # its page's cursor is saved: run again, the page is merged again.
         while deferred:
             email, items = deferred.popitem()
-            try:
-                with self.store.email_lock(email):
-                    for owner, rest in self._merge_held({email: items}, tally).items():
-                        deferred.setdefault(owner, []).extend(rest)
-            except LeaseBusyError:
-                # A job kept the email past the wait: the next run merges these.
-                tally.skipped["email busy (merged by the next run)"] += len(items)
+            with self.store.email_lock(email, wait=store_module.RUN_LOCK_WAIT_SECONDS):
+                for owner, rest in self._merge_held({email: items}, tally).items():
+                    deferred.setdefault(owner, []).extend(rest)
 
     def _merge_held(self, targets: dict[str, list[Item]], tally: Tally) -> dict[str, list[Item]]:
         """Merge the observations of emails whose locks are held, in a few round trips;

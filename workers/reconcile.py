@@ -34,6 +34,8 @@ from workers.sync import Applier
 RUN_LOCK_KEY = f"{PREFIX}reconcile:lock"
 # The run's lease: renewed while it runs; a killed run frees it within this long.
 RUN_LOCK_SECONDS = 30
+# Pages an observation waits for a later page to teach its buyer's email, at most.
+MAX_HELD_PAGES = 5
 # Known purchases a reconcile re-reads one by one at most, per provider and run (Gumroad:
 # 200 calls, under 4 minutes at its pace); the next run takes the next ones, in turn.
 KNOWN_PER_RUN = 200
@@ -214,12 +216,18 @@ class Reconciler:
                 settle = bool(getattr(source, "dated_by_objects", False))
                 batches, resumed = listing(provider, source)
                 calls = 0
+                held_back = 0
                 for batch in batches:
                     lease.ensure()  # a run that lost its lease stops before writing more
                     merger.merge(batch.events, tally, settle=settle)
                     calls += batch.calls
                     # A page whose observations wait for an email is not done yet: the
-                    # cursor moves past it only once nothing waits (or the listing ends).
+                    # cursor moves past it once nothing waits; after a few pages, what
+                    # still waits is settled (the provider's API, or skipped) first.
+                    held_back = held_back + 1 if merger.waiting else 0
+                    if held_back > MAX_HELD_PAGES:
+                        merger.finish(tally)
+                        held_back = 0
                     if (
                         kind == "backfill"
                         and not dry_run

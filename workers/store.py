@@ -34,6 +34,9 @@ LOCK_TIMEOUT_SECONDS = 10
 # How long a job waits for another job of the same email before retrying later: longer
 # than a dead holder's lease, so a crash never costs a waiting job a retry.
 LOCK_WAIT_SECONDS = 15
+# How long a backfill or reconcile waits for an email a job holds (a job holds one for
+# seconds; a run must not drop the email): past it, the run stops, to be run again.
+RUN_LOCK_WAIT_SECONDS = 300
 # The references that identify an entitlement's payments (not the customer).
 PAYMENT_REFS = (
     "subscription",
@@ -258,16 +261,17 @@ class Store:
         return LeaseSet(self.redis, [self.lock_key(e) for e in emails], ttl=LOCK_TIMEOUT_SECONDS)
 
     @contextmanager
-    def email_lock(self, email: str) -> Iterator[Lease]:
+    def email_lock(self, email: str, *, wait: float | None = None) -> Iterator[Lease]:
         """Hold the email's lock: no two jobs of one email interleave their Sotion calls.
 
         The lock is a lease (``workers/lease.py``): call its ``ensure()`` before each write.
+        ``wait``: how long to wait for it (default ``LOCK_WAIT_SECONDS``).
         """
         lease = Lease(
             self.redis,
             self.lock_key(email),
             ttl=LOCK_TIMEOUT_SECONDS,
-            wait=LOCK_WAIT_SECONDS,
+            wait=LOCK_WAIT_SECONDS if wait is None else wait,
             label=mask_email(email),
         )
         with lease:

@@ -442,3 +442,18 @@ def test_a_member_sotion_refuses_is_reported_masked_and_the_rest_repaired(
     report = build(stripe=ScriptedSource([events])).backfill(["stripe"])
     assert report.sync.failures == ["r***@example.com: invalid member r***@example.com status=422"]
     assert sotion_api.find_member_by_email("fine@example.com").paid
+
+
+def test_an_email_no_page_teaches_holds_the_cursor_back_a_few_pages_only(
+    build: Build, redis_conn: redis.Redis
+) -> None:
+    from workers.reconcile import MAX_HELD_PAGES
+
+    pages = [[observed(None, "sub_nobody", customer="cus_nobody")]]
+    pages += [[observed(f"p{i}@example.com", f"sub_p{i}")] for i in range(MAX_HELD_PAGES + 4)]
+    source = ScriptedSource(pages, fail_after=MAX_HELD_PAGES + 3)
+    with pytest.raises(ConnectionError):
+        build(stripe=source).backfill(["stripe"])
+    # Settled after MAX_HELD_PAGES pages (no email anywhere: skipped), then the cursor moves.
+    cursor = redis_conn.get("bridge:backfill:cursor:stripe")
+    assert cursor == f'{{"page": {MAX_HELD_PAGES + 3}}}'.encode()

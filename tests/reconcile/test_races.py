@@ -125,33 +125,62 @@ def test_a_member_who_changed_their_login_email_is_found_by_id(
     assert [(m.email, m.paid) for m in sotion_api.iter_members()] == [("b@example.com", False)]
 
 
-def test_an_email_a_job_keeps_past_the_wait_is_reported_and_the_rest_done(
-    run: Run, runtime: worker_runtime.Runtime, sotion_api: SotionClient, monkeypatch
+def test_an_email_a_job_holds_is_done_once_the_job_lets_it_go(
+    run: Run, runtime: worker_runtime.Runtime, sotion_api: SotionClient
 ) -> None:
-    from workers import store as store_module
+    taken = threading.Event()
 
-    monkeypatch.setattr(store_module, "LOCK_WAIT_SECONDS", 0.5)
-    taken, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
+    def hold() -> None:  # longer than a job's own wait for a lock (15 s, shortened here)
         with runtime.store.email_lock("busy@example.com"):
             taken.set()
-            release.wait(20)
+            threading.Event().wait(1.5)
 
     holder = threading.Thread(target=hold)
     holder.start()
     assert taken.wait(5)
-    try:
-        events = [observed("busy@example.com", "sub_b")]
-        events += [observed(f"free{i}@example.com", f"sub_{i}") for i in range(3)]
-        report = run("backfill", *events)
-    finally:
-        release.set()
-        holder.join()
+    events = [observed("busy@example.com", "sub_b")]
+    events += [observed(f"free{i}@example.com", f"sub_{i}") for i in range(3)]
+    report = run("backfill", *events)
+    holder.join()
     assert {m.email for m in sotion_api.iter_members()} == {
-        f"free{i}@example.com" for i in range(3)
+        "busy@example.com",
+        *(f"free{i}@example.com" for i in range(3)),
     }
-    assert report.providers[0].skipped == {"email busy (merged by the next run)": 1}
-    # The next run merges and creates it.
-    run("backfill", observed("busy@example.com", "sub_b"))
-    assert sotion_api.find_member_by_email("busy@example.com") is not None
+    assert report.providers[0].skipped == {} and report.sync.failures == []
+
+
+def test_an_adoption_of_an_email_a_job_holds_is_stored_once_it_is_free(
+    run: Run, runtime: worker_runtime.Runtime, sotion_api: SotionClient
+) -> None:
+    member = sotion_api.create_member("comp@example.com", paid=True)
+    run("backfill", observed("comp@example.com", "sub_c", at=1000.0))
+    taken = threading.Event()
+
+    def hold() -> None:
+        with runtime.store.email_lock("comp@example.com"):
+            taken.set()
+            threading.Event().wait(1.0)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(5)
+    report = run("backfill", adopt_paid=True)
+    holder.join()
+    assert report.sync.adopted == 1
+    assert runtime.store.member_record("comp@example.com").bridge_paid
+    run("reconcile", observed("comp@example.com", "sub_c", EntitlementState.ENDED, at=2000.0))
+    assert not sotion_api.get_member(member.id).paid
+
+
+def test_a_run_stops_rather_than_drop_an_email_a_job_never_lets_go(
+    run: Run, runtime: worker_runtime.Runtime, sotion_api: SotionClient, monkeypatch
+) -> None:
+    from workers import store as store_module
+    from workers.lease import LeaseBusyError
+
+    monkeypatch.setattr(store_module, "RUN_LOCK_WAIT_SECONDS", 0.5)
+    runtime.redis.set(runtime.store.lock_key("stuck@example.com"), "a live job", px=10_000)
+    with pytest.raises(LeaseBusyError):
+        run("backfill", observed("stuck@example.com", "sub_s"))
+    # Nothing was marked done: the cursor still points at the page, to merge it again.
+    assert runtime.store.owner_of("stripe:sub_s") is None
