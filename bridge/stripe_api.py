@@ -1,6 +1,6 @@
 """The Stripe API reads the bridge needs: a customer's email, fresh subscription state, and
 the pages of every subscription, Checkout Session, dispute and recent event (for backfill and
-reconcile).
+reconcile), and which invoice a payment paid.
 
 List calls follow docs.stripe.com/api/pagination (``limit`` from 1 to 100, ``starting_after``
 the last id of the previous page, newest first, ``has_more``) and docs.stripe.com/expand
@@ -8,6 +8,11 @@ the last id of the previous page, newest first, ``has_more``) and docs.stripe.co
 allows 100 requests a second in live mode, 25 in a sandbox, and 25 a second on any one
 endpoint unless noted; its 429 says nothing about when to come back. List calls are paced
 under all of those and back off exponentially on 429.
+
+The SDK sends its own API version (``Stripe-Version``, basil or later): there, Charges and
+PaymentIntents no longer name their invoice, and the link from a payment to its invoice is
+an Invoice Payment (docs.stripe.com/api/invoice-payment/list and
+docs.stripe.com/changelog/basil/2025-03-31/add-support-for-multiple-partial-payments-on-invoices).
 """
 
 from __future__ import annotations
@@ -145,6 +150,21 @@ class StripeAPI:
         method = self._client.v1.disputes.list
         return self._list("/v1/disputes", method, (), params, starting_after, clock)
 
+    def list_invoice_payments(self, payment_intent: str, *, clock: Clock = time.time) -> ListPage:
+        """The invoice payments of one PaymentIntent, their invoice expanded: which invoice
+        (and so which subscription) it paid. A PaymentIntent that paid no invoice has none.
+
+        One request: ``payment[type]=payment_intent`` with ``payment[payment_intent]``
+        (docs.stripe.com/api/invoice-payment/list); a page of 100 covers a payment shared by
+        several invoices, and any further page is not read.
+        """
+        params = {
+            "payment": {"type": "payment_intent", "payment_intent": payment_intent},
+            "expand": ["data.invoice"],
+        }
+        method = self._client.v1.invoice_payments.list
+        return self._list("/v1/invoice_payments", method, (), params, None, clock)
+
     def list_events(
         self,
         *,
@@ -218,6 +238,38 @@ def line_item_products(items: Iterable[Any]) -> tuple[str, ...]:
             if isinstance(value, str) and value and value not in found:
                 found.append(value)
     return tuple(found)
+
+
+def invoice_payment_refs(payments: Iterable[Any]) -> dict[str, str]:
+    """``invoice`` and ``subscription`` ids of the invoice a payment paid, from its Invoice
+    Payments (invoice expanded or not), preferring a subscription's invoice; {} for none."""
+    found: dict[str, str] = {}
+    for payment in payments:
+        invoice = payment.get("invoice") if isinstance(payment, dict) else None
+        invoice_id = object_id(invoice)
+        if invoice_id is None:
+            continue
+        subscription = _invoice_subscription(invoice) if isinstance(invoice, dict) else None
+        if subscription is not None:
+            return {"invoice": invoice_id, "subscription": subscription}
+        found = found or {"invoice": invoice_id}
+    return found
+
+
+def _invoice_subscription(invoice: Mapping[str, Any]) -> str | None:
+    """The subscription of an Invoice: ``parent.subscription_details.subscription`` (basil
+    on), or ``subscription`` in the older shape."""
+    parent = invoice.get("parent")
+    details = parent.get("subscription_details") if isinstance(parent, dict) else None
+    found = details.get("subscription") if isinstance(details, dict) else None
+    return object_id(found) or object_id(invoice.get("subscription"))
+
+
+def object_id(value: Any) -> str | None:
+    """An id, whether the field holds it or an expanded object."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
 
 
 def _page(path: str, body: Mapping[str, Any], requested_at: float, calls: int) -> ListPage:

@@ -37,8 +37,9 @@ RUN_LOCK_SECONDS = 30
 # Pages an observation waits for a later page to teach its buyer's email, at most.
 MAX_HELD_PAGES = 5
 # Known purchases a reconcile re-reads one by one at most, per provider and run (Gumroad:
-# 200 calls, under 4 minutes at its pace); the next run takes the next ones, in turn.
-KNOWN_PER_RUN = 200
+# a subscription and its recent charges take up to 6 calls, so up to about 600 calls, 10
+# minutes at its pace); the next run takes the next ones, in turn.
+KNOWN_PER_RUN = 100
 # With no earlier run, a reconcile looks back this far (Stripe retries for 3 days); only
 # a backfill, or --since, lists everything.
 DEFAULT_LOOKBACK_SECONDS = 3 * 86400

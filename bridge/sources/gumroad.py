@@ -18,8 +18,18 @@ the webhook path's own, and the intake's dedupe key lets a delivered ping win:
 ``changes`` lists the sales created since the day before ``since`` (Gumroad filters by
 day), then re-reads what a new sale cannot show: known subscriptions (the products'
 active-subscriber lists, 100 a call, while cheaper than reading each; then each one not
-seen alive) and known one-time sales (``GET /v2/sales/:id``). An id Gumroad does not know
-yields nothing: an unknown is never an ending.
+seen alive), the older charges of each (see ``CHARGES_PER_SUBSCRIPTION``) and known
+one-time sales (``GET /v2/sales/:id``). An id Gumroad does not know yields nothing: an
+unknown is never an ending.
+
+A subscriber object lists its charges (``purchase_ids``: Subscription#as_json, from
+``purchases.for_sales_api``, test charges excluded); each one not listed in this run is
+read by id (``GET /v2/sales/:id``) and turned into the events its listing would give, so
+a refund, chargeback or won dispute of an older charge whose ping was lost is seen. The
+association has no ORDER BY: MySQL returns it by the subscription_id index, in id order,
+which is creation order (Gumroad's own ``subscription.purchases.last`` relies on it), so
+the newest charges are the last ids. A subscription whose first charge the new sales
+listed has every charge in them and is not read again.
 """
 
 from __future__ import annotations
@@ -55,6 +65,18 @@ _ENDED_STATUSES = {
 _TERMINAL_STAMPS = ("ended_at", "failed_at", "cancelled_at")
 # Stands in for a subscriber with no email while the parser builds the event; removed after.
 _NO_EMAIL = "no-email@gumroad.invalid"
+# A buyer can dispute a charge for 120 days (the card networks' limit, Gumroad's own
+# EarlyFraudWarning::ELIGIBLE_DISPUTE_WINDOW_DURATION), and a refund of a charge older than
+# the subscription's newest one never ends it (refunds are dated by their charge). So a
+# known subscription's charges are re-read newest first, stopping after the first one older
+# than this: what older ones could still say changes nothing the ledger keeps, save a won
+# dispute settled that late (a backfill sees it).
+DISPUTE_WINDOW_SECONDS = 120 * 86400
+# At most this many charges a known subscription re-read (one GET /v2/sales/:id each), on
+# top of the window above. Monthly is Gumroad's shortest recurrence and any four months
+# are at least 120 days, so four charges cover the dispute window; the fifth leaves room
+# for an upgrade's charge or a renewal retried days late.
+CHARGES_PER_SUBSCRIPTION = 5
 
 
 @dataclass
@@ -66,6 +88,8 @@ class _Run:
     alive: set[str] = field(default_factory=set)  # subscription ids whose sales say alive
     ended: set[str] = field(default_factory=set)  # subscription ids already reported over
     sales: set[str] = field(default_factory=set)  # sale ids already observed
+    # subscription ids whose first charge was listed: every later charge was listed too
+    whole: set[str] = field(default_factory=set)
 
 
 class GumroadSource:
@@ -101,7 +125,7 @@ class GumroadSource:
         after = datetime.fromtimestamp(since, UTC).date() - timedelta(days=1)
         yield from self._sales(run, page_key=None, after=after, resumable=False)
         subscriptions, sales = _known(known)
-        yield from self._subscriptions(run, subscriptions - run.alive - run.ended)
+        yield from self._subscriptions(run, subscriptions)
         for sale_id in sorted(sales - run.sales):
             start, requested_at = self._api.calls, self._clock()
             sale = self._api.find_sale(sale_id)
@@ -165,6 +189,11 @@ class GumroadSource:
         subscription_id = _text(sale.get("subscription_id"))
         if subscription_id is None:
             return events
+        # Its first charge (!is_original_subscription_purchase?). A plan change makes a new
+        # original purchase, not charged and so not listed, unless the subscription began
+        # with a free trial: those are never taken as whole.
+        if sale.get("recurring_charge") is False and not sale.get("free_trial_ends_on"):
+            run.whole.add(subscription_id)
         over = sale_state({k: sale.get(k) for k in _SUBSCRIPTION_FLAGS})
         if over is not EntitlementState.ENDED:
             run.alive.add(subscription_id)
@@ -181,18 +210,57 @@ class GumroadSource:
             events.append(_ended(ended, None, requested_at))
         return events
 
-    def _subscriptions(self, run: _Run, wanted: set[str]) -> Iterator[Batch]:
-        pending = set(wanted)
-        if pending:
-            yield from self._list_subscribers(run, pending)
-        for subscription_id in sorted(pending):
-            start, requested_at = self._api.calls, self._clock()
-            subscriber = self._api.find_subscriber(subscription_id)
-            events = () if subscriber is None else _subscriber_events(subscriber, requested_at)
-            yield Batch(events, None, calls=self._api.calls - start)
+    def _subscriptions(self, run: _Run, known: set[str]) -> Iterator[Batch]:
+        """Each known subscription: whether it is over, and its charges not listed yet.
 
-    def _list_subscribers(self, run: _Run, pending: set[str]) -> Iterator[Batch]:
-        """Drop from ``pending`` the subscriptions the products' active lists show alive.
+        Its status is needed unless the new sales showed it; its charges unless the new
+        sales listed its first one. The subscriber object gives both.
+        """
+        status = known - run.alive - run.ended
+        wanted = status | (known - run.whole)
+        listed: dict[str, Mapping[str, Any]] = {}
+        if wanted:
+            yield from self._list_subscribers(run, set(wanted), listed)
+        for subscription_id in sorted(wanted):
+            subscriber = listed.get(subscription_id)  # alive: its status says nothing more
+            if subscriber is None:
+                start, requested_at = self._api.calls, self._clock()
+                subscriber = self._api.find_subscriber(subscription_id)
+                events: tuple[MembershipEvent, ...] = ()
+                if subscriber is not None and subscription_id in status:
+                    events = _subscriber_events(subscriber, requested_at)
+                if any(event.state is EntitlementState.ENDED for event in events):
+                    run.ended.add(subscription_id)  # its charges' flags need not say it again
+                yield Batch(events, None, calls=self._api.calls - start)
+            if subscriber is not None:
+                yield from self._charges(run, subscriber)
+
+    def _charges(self, run: _Run, subscriber: Mapping[str, Any]) -> Iterator[Batch]:
+        """The subscription's charges not seen in this run, newest first, within the bounds
+        of DISPUTE_WINDOW_SECONDS and CHARGES_PER_SUBSCRIPTION; one batch a read.
+        """
+        ids = subscriber.get("purchase_ids")
+        if not isinstance(ids, list):
+            return
+        read = 0
+        for sale_id in (_text(ident) for ident in reversed(ids)):  # oldest first: reversed
+            if sale_id is None or sale_id in run.sales:
+                continue
+            if read == CHARGES_PER_SUBSCRIPTION:
+                return
+            read += 1
+            start, requested_at = self._api.calls, self._clock()
+            sale = self._api.find_sale(sale_id)
+            events = self._observe(run, sale, requested_at) if sale is not None else []
+            yield Batch(tuple(events), None, calls=self._api.calls - start)
+            created = parse_timestamp(sale.get("created_at")) if sale is not None else None
+            if created is not None and created < requested_at - DISPUTE_WINDOW_SECONDS:
+                return  # older ones are older still
+
+    def _list_subscribers(
+        self, run: _Run, pending: set[str], found: dict[str, Mapping[str, Any]]
+    ) -> Iterator[Batch]:
+        """Into ``found``, the ``pending`` subscriptions the products' active lists show.
 
         A list call confirms up to 100 at once; it stops once the calls it took reach the
         reads still pending, so the whole costs at most twice the one-by-one reads.
@@ -216,7 +284,10 @@ class GumroadSource:
                 except GumroadNotFoundError:
                     subscribers, page_key = [], None  # deleted since the products call
                 spent += 1
-                pending.difference_update(str(s.get("id")) for s in subscribers)
+                for subscriber in subscribers:
+                    if (ident := _text(subscriber.get("id"))) in pending:
+                        found[str(ident)] = subscriber
+                        pending.discard(str(ident))
                 yield Batch((), None, calls=self._api.calls - start)
                 if page_key is None:
                     break

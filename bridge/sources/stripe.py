@@ -8,6 +8,14 @@ becomes the event the webhook parser makes for it (``bridge.providers.stripe.par
 synthesized envelope, so keys, refs and products are the webhook path's), dated just before
 its page was requested: a listed object carries no time of its last change.
 
+A Dispute names only its charge and payment intent. A one-time Checkout's payment intent
+leads to its purchase; a subscription's payment belongs to an invoice, which neither the
+Charge nor the PaymentIntent names in the API version the SDK speaks (basil or later). So
+a dispute of a payment that no listed one-time Checkout Session made costs one request
+more, the payment's Invoice Payments with their invoice expanded
+(``StripeAPI.list_invoice_payments``), and its event also carries that invoice's and
+subscription's ids: the engine ties it to the subscription the listing taught it.
+
 ``changes`` reads Stripe's own events (``GET /v1/events``, docs.stripe.com/api/events/list)
 created since ``since`` minus a margin, and passes each one, unchanged, through the same
 parser: their ids are the webhooks' ids, so the engine drops the ones a webhook delivered.
@@ -33,7 +41,14 @@ from bridge.errors import PayloadError
 from bridge.events import EntitlementState, MembershipEvent
 from bridge.providers import stripe as stripe_provider
 from bridge.sources import Batch, CursorError
-from bridge.stripe_api import ListPage, StripeAPI, line_item_products
+from bridge.stripe_api import (
+    ListPage,
+    ProviderAPIError,
+    StripeAPI,
+    invoice_payment_refs,
+    line_item_products,
+    object_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +98,9 @@ class StripeSource:
     def __init__(self, api: StripeAPI, *, clock: Callable[[], float] = time.time) -> None:
         self._api = api
         self._clock = clock
+        # The payment intents of the one-time Checkout Sessions listed so far: a dispute of
+        # one of them needs no look-up of its invoice (a Checkout event names its purchase).
+        self._checkout_payments: set[str] = set()
 
     def backfill(self, cursor: str | None = None) -> Iterator[Batch]:
         """Every subscription, one-time checkout and dispute, a page a batch, from ``cursor``."""
@@ -135,7 +153,8 @@ class StripeSource:
         return self._api.list_disputes(starting_after=after, clock=self._clock)
 
     def _observe(self, listing: str, page: ListPage) -> tuple[list[MembershipEvent], int]:
-        """The page's events, and the extra calls (line items past the first few) they took."""
+        """The page's events, and the extra calls (line items past the first few, disputed
+        payments' invoices) they took."""
         events: list[MembershipEvent] = []
         extra = 0
         for obj in page.objects:
@@ -143,8 +162,13 @@ class StripeSource:
                 if listing == "subscriptions":
                     events.append(_subscription(obj, page.requested_at))
                 elif listing == "disputes":
-                    events.append(_dispute(obj, page.requested_at))
+                    invoice, calls = self._disputed_invoice(obj)
+                    extra += calls
+                    events.append(_dispute(obj, invoice, page.requested_at))
                 elif obj.get("mode") == "payment":  # a subscription's: see its subscription
+                    intent = object_id(obj.get("payment_intent"))
+                    if intent is not None:
+                        self._checkout_payments.add(intent)
                     products, calls = self._checkout_products(obj)
                     extra += calls
                     events.append(_checkout(obj, products, page.requested_at))
@@ -152,6 +176,32 @@ class StripeSource:
                 # One object not shaped as documented must not stop the listing of the rest.
                 log.warning("stripe object skipped id=%s reason=%s", obj.get("id"), exc)
         return events, extra
+
+    def _disputed_invoice(self, dispute: Mapping[str, Any]) -> tuple[dict[str, str], int]:
+        """The ``invoice`` and ``subscription`` refs of the invoice the disputed payment paid
+        ({} for none), and the calls that took: none for a listed one-time Checkout's
+        payment, else one.
+
+        A refusal (a restricted key that may not read invoices, say) leaves the dispute as
+        its webhook names it, logged; a failure worth retrying stops the listing, which
+        resumes from its cursor.
+        """
+        charge = dispute.get("charge")
+        intent = object_id(dispute.get("payment_intent")) or (
+            object_id(charge.get("payment_intent")) if isinstance(charge, dict) else None
+        )
+        if intent is None or intent in self._checkout_payments:
+            return {}, 0
+        try:
+            page = self._api.list_invoice_payments(intent, clock=self._clock)
+        except ProviderAPIError as exc:
+            if exc.retryable:
+                raise
+            log.warning(
+                "stripe dispute invoice unknown dispute=%s reason=%s", dispute.get("id"), exc
+            )
+            return {}, 1
+        return invoice_payment_refs(page.objects), page.calls
 
     def _checkout_products(self, session: Mapping[str, Any]) -> tuple[tuple[str, ...], int]:
         """Products of the expanded line items, paging on when a session has more of them."""
@@ -209,11 +259,16 @@ def _checkout(
     )
 
 
-def _dispute(dispute: Mapping[str, Any], requested_at: float) -> MembershipEvent:
-    """What ``charge.dispute.*`` would say; the expanded charge tells who paid."""
+def _dispute(
+    dispute: Mapping[str, Any], invoice: Mapping[str, str], requested_at: float
+) -> MembershipEvent:
+    """What ``charge.dispute.*`` would say, with the refs of the ``invoice`` the payment paid;
+    the expanded charge tells who paid."""
     status = str(dispute.get("status", ""))
     kind = "charge.dispute.closed" if status in _CLOSED_DISPUTES else "charge.dispute.updated"
     event = _as_webhook(kind, f"{dispute.get('id')}:{status}", dispute, requested_at)
+    if invoice:
+        event = dataclasses.replace(event, refs={**event.refs, **invoice})
     charge = dispute.get("charge")
     if not isinstance(charge, dict):
         return event

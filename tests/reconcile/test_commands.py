@@ -554,14 +554,6 @@ def test_reconcile_repairs_gumroad_changes_whose_pings_were_lost(
     assert writes(again) == [] and second.summary()["changed"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit (README, Known limits): a reconcile re-reads a known Gumroad "
-    "subscription through GET /v2/subscribers/:id, which tells whether it ended, never "
-    "whether one of its charges was disputed, and lists sales from the day before the last "
-    "run only; a lost `dispute` ping for an older membership charge is repaired by a "
-    "backfill, not by a reconcile",
-)
 def test_reconcile_repairs_a_lost_dispute_of_a_membership_charge(
     bridge: Bridge,
     gumroad: GumroadStandIn,

@@ -14,7 +14,12 @@ from bridge.gumroad_api import DEFAULT_REQUESTS_PER_MINUTE, GumroadAPI
 from bridge.ledger import Entitlement, merge
 from bridge.providers.gumroad import parse
 from bridge.sources import Batch
-from bridge.sources.gumroad import GumroadSource, _subscriber_events
+from bridge.sources.gumroad import (
+    CHARGES_PER_SUBSCRIPTION,
+    DISPUTE_WINDOW_SECONDS,
+    GumroadSource,
+    _subscriber_events,
+)
 from bridge.sources.pacing import MAX_RATE_LIMITED_TRIES, Pacer, RateLimitExhaustedError
 from bridge.stripe_api import ProviderAPIError
 from tests.standins.gumroad import SELLER_ID, TOKEN, GumroadStandIn
@@ -401,11 +406,13 @@ def test_changes_rereads_known_purchases_that_no_new_sale_shows(
     gumroad: GumroadStandIn, server: StandInServer
 ) -> None:
     pro = gumroad.add_product("Pro", membership=True)
-    alive, _ = gumroad.subscribe(pro, "alive@example.com", at=JAN)
-    pending, _ = gumroad.subscribe(pro, "pending@example.com", at=JAN + timedelta(hours=1))
+    alive, alive_charge = gumroad.subscribe(pro, "alive@example.com", at=JAN)
+    pending, pending_charge = gumroad.subscribe(
+        pro, "pending@example.com", at=JAN + timedelta(hours=1)
+    )
     gumroad.cancel(pending, at=NOW + timedelta(days=3))
     failed_at = datetime(2026, 3, 12, 8, 0, 3, tzinfo=UTC)
-    over, _ = gumroad.subscribe(pro, "over@example.com", at=JAN + timedelta(hours=2))
+    over, over_charge = gumroad.subscribe(pro, "over@example.com", at=JAN + timedelta(hours=2))
     gumroad.end(over, at=failed_at, reason="failed_payment")
     one_time = gumroad.add_product("Book")
     refunded = gumroad.sell(one_time, "reader@example.com", at=JAN)
@@ -428,7 +435,16 @@ def test_changes_rereads_known_purchases_that_no_new_sale_shows(
         f"list:subscription_ended:{over}:{stamp}",
         f"refund:{refunded}",
         f"sale:{kept}",
+        # Each known subscription's charges, re-read: unchanged, so the listing's own events.
+        f"sale:{alive_charge}",
+        f"sale:{pending_charge}",
+        f"sale:{over_charge}",
     }
+    # Over once: the charge's `dead` flag does not end it a second time.
+    assert [e for e in events.values() if e.state is EntitlementState.ENDED] == [
+        events[f"list:subscription_ended:{over}:{stamp}"],
+        events[f"refund:{refunded}"],
+    ]
     ended = events[f"list:subscription_ended:{over}:{stamp}"]
     assert ended.state is EntitlementState.ENDED
     assert ended.occurred_at == failed_at.timestamp()
@@ -442,6 +458,16 @@ def test_changes_rereads_known_purchases_that_no_new_sale_shows(
     assert sorted(reads) == sorted(
         [f"/v2/subscribers/{over}", "/v2/subscribers/UnknownSubscription0A=="]
     )
+    charges = [call.path for call in gumroad.calls if call.path.startswith("/v2/sales/")]
+    charged = (
+        alive_charge,
+        pending_charge,
+        over_charge,
+        refunded,
+        kept,
+        "UnknownSale00000000000A==",
+    )
+    assert sorted(charges) == sorted(f"/v2/sales/{sale}" for sale in charged)
     assert all(batch.cursor is None for batch in batches)
     assert sum(batch.calls for batch in batches) == len(gumroad.calls)
 
@@ -461,8 +487,7 @@ def test_known_subscription_over_is_dated_by_its_own_timestamp(
     else:
         gumroad.end(subscription, at=at, reason=reason)
     events = _events(_source(server).changes(NOW.timestamp(), [f"gumroad:sub_{subscription}"]))
-    (event,) = events
-    assert event.state is EntitlementState.ENDED
+    (event,) = [e for e in events if e.state is EntitlementState.ENDED]
     assert event.occurred_at == at.timestamp()
     subscriber = json.loads(
         gumroad.app.test_client()
@@ -498,9 +523,9 @@ def test_few_known_subscriptions_are_read_one_by_one_without_lists(
     gumroad: GumroadStandIn, server: StandInServer
 ) -> None:
     products = [gumroad.add_product(f"Tier {n}", membership=True) for n in range(3)]
-    subscription, _ = gumroad.subscribe(products[0], "buyer@example.com", at=JAN)
+    subscription, sale = gumroad.subscribe(products[0], "buyer@example.com", at=JAN)
     events = _events(_source(server).changes(NOW.timestamp(), [f"gumroad:sub_{subscription}"]))
-    assert events == []  # alive: nothing to repair
+    assert [e.event_id for e in events] == [f"sale:{sale}"]  # alive, its charge unchanged
     assert not [c for c in gumroad.calls if c.path.endswith("/subscribers")]
     assert len(gumroad.calls_to(f"/v2/subscribers/{subscription}")) == 1
 
@@ -509,15 +534,16 @@ def test_subscriber_lists_stop_once_reading_each_is_cheaper(
     gumroad: GumroadStandIn, server: StandInServer
 ) -> None:
     pro = gumroad.add_product("Pro", membership=True)
-    oldest = [gumroad.subscribe(pro, f"old{n}@example.com", at=JAN)[0] for n in range(2)]
+    oldest = [gumroad.subscribe(pro, f"old{n}@example.com", at=JAN) for n in range(2)]
     for n in range(250):
         gumroad.subscribe(pro, f"buyer{n}@example.com", at=JAN + timedelta(minutes=n + 1))
-    known = [f"gumroad:sub_{s}" for s in oldest]
-    assert _events(_source(server).changes(NOW.timestamp(), known)) == []
+    known = [f"gumroad:sub_{s}" for s, _ in oldest]
+    events = _events(_source(server).changes(NOW.timestamp(), known))
+    assert {e.event_id for e in events} == {f"sale:{sale}" for _, sale in oldest}
     # Two list pages did not reach them (they are on the third): two reads, four calls.
     assert len(gumroad.calls_to(f"/v2/products/{pro}/subscribers")) == 2
     assert sorted(c.path for c in gumroad.calls if c.path.startswith("/v2/subscribers/")) == sorted(
-        f"/v2/subscribers/{s}" for s in oldest
+        f"/v2/subscribers/{s}" for s, _ in oldest
     )
 
 
@@ -532,6 +558,203 @@ def test_purchases_seen_in_the_new_sales_are_not_read_again(
     events = _events(_source(server).changes(NOW.timestamp() - 60, known))
     assert len(events) == 2
     assert [c.path for c in gumroad.calls] == ["/v2/products", "/v2/sales"]
+
+
+# -- the older charges of known subscriptions ------------------------------------------------
+
+
+def _membership_months(
+    gumroad: GumroadStandIn, email: str, months: int, *, last: datetime, every: int = 30
+) -> tuple[str, list[str]]:
+    """A monthly subscription charged ``months`` times, ``every`` days apart (upgrades and
+    late retries come closer), the last at ``last``: (its id, its charges, oldest first).
+    """
+    pro = gumroad.add_product(f"Pro {email}", membership=True)
+    start = last - timedelta(days=every * (months - 1))
+    subscription, first = gumroad.subscribe(pro, email, at=start)
+    renewals = [
+        gumroad.renew(subscription, at=start + timedelta(days=every * n)) for n in range(1, months)
+    ]
+    return subscription, [first, *renewals]
+
+
+def _changes(server: StandInServer, known: list[str]) -> list[Batch]:
+    """A reconcile's run: sales listed from the day before NOW, then ``known`` re-read."""
+    return list(_source(server).changes(NOW.timestamp(), known))
+
+
+def test_changes_find_a_refund_of_an_older_membership_charge(
+    gumroad: GumroadStandIn, server: StandInServer
+) -> None:
+    subscription, (first, latest) = _membership_months(
+        gumroad, "buyer@example.com", 2, last=NOW - timedelta(days=20)
+    )
+    gumroad.refund(latest)  # its refund ping was lost
+    events = _by_id(_events(_changes(server, [f"gumroad:sub_{subscription}"])))
+    refund = events[f"refund:{latest}"]  # the listing's own event id and date
+    assert refund.state is EntitlementState.ENDED
+    assert refund.entitlement == f"gumroad:sub_{subscription}"
+    assert refund.occurred_at == (NOW - timedelta(days=20)).timestamp()
+    assert refund.refs == {"sale": f"sale_{latest}", "subscription": f"sub_{subscription}"}
+    assert events[f"sale:{first}"].state is EntitlementState.ACTIVE
+    held = _folded(events.values(), f"gumroad:sub_{subscription}")
+    assert held is not None and held.state is EntitlementState.ENDED
+    # Nothing the sales listed from the day before NOW showed it.
+    assert gumroad.calls_to("/v2/sales")[0].query["after"] == "2026-03-31"
+
+
+def test_changes_find_a_chargeback_of_an_older_membership_charge(
+    gumroad: GumroadStandIn, server: StandInServer
+) -> None:
+    subscription, (first, renewal, latest) = _membership_months(
+        gumroad, "buyer@example.com", 3, last=NOW - timedelta(days=10)
+    )
+    gumroad.chargeback(renewal)  # the dispute ping was lost
+    events = _by_id(_events(_changes(server, [f"gumroad:sub_{subscription}"])))
+    assert set(events) == {
+        f"sale:{first}",
+        f"sale:{renewal}",
+        f"sale:{latest}",
+        f"dispute:{renewal}",
+    }
+    dispute = events[f"dispute:{renewal}"]
+    assert dispute.dispute is DisputeState.OPEN
+    assert dispute.state is None
+    assert dispute.entitlement == f"gumroad:sub_{subscription}"
+    assert dispute.dispute_id == f"sale_{renewal}"
+    assert dispute.occurred_at == NOW.timestamp()  # dated by the read, as the listing does
+
+
+def test_changes_find_a_won_dispute_of_an_older_membership_charge(
+    gumroad: GumroadStandIn, server: StandInServer
+) -> None:
+    subscription, (first, latest) = _membership_months(
+        gumroad, "buyer@example.com", 2, last=NOW - timedelta(days=3)
+    )
+    gumroad.chargeback(first)
+    gumroad.win_dispute(first)  # the dispute_won ping was lost
+    key = f"gumroad:sub_{subscription}"
+    events = _by_id(_events(_changes(server, [key])))
+    won = events[f"dispute_won:{first}"]
+    assert won.dispute is DisputeState.WON
+    assert won.occurred_at == NOW.timestamp()
+    assert f"dispute:{first}" not in events
+    assert events[f"sale:{latest}"].state is EntitlementState.ACTIVE
+    # The open dispute a ping recorded earlier is settled by it.
+    ping = {
+        "resource_name": "dispute",
+        "sale_id": first,
+        "subscription_id": subscription,
+        "email": "buyer@example.com",
+        "sale_timestamp": (NOW - timedelta(days=33)).isoformat(),
+        "disputed": "true",
+    }
+    (opened,) = parse(ping, received_at=(NOW - timedelta(days=20)).timestamp())
+    held = _folded([opened, *events.values()], key)
+    register = held.dispute(f"sale_{first}") if held is not None else None
+    assert register is not None and register.state is DisputeState.WON
+    assert held is not None and held.state is EntitlementState.ACTIVE
+
+
+def test_charges_are_read_newest_first_and_at_most_five_a_subscription(
+    gumroad: GumroadStandIn, server: StandInServer
+) -> None:
+    # Eight charges in 86 days, all within the dispute window: the cap is what stops.
+    subscription, charges = _membership_months(
+        gumroad, "buyer@example.com", 8, last=NOW - timedelta(days=2), every=12
+    )
+    gumroad.chargeback(charges[0])  # the sixth-newest and older: not read this run
+    batches = _changes(server, [f"gumroad:sub_{subscription}"])
+    read = [
+        c.path.removeprefix("/v2/sales/") for c in gumroad.calls if c.path.startswith("/v2/sales/")
+    ]
+    assert read == charges[::-1][:CHARGES_PER_SUBSCRIPTION] == charges[3:][::-1]
+    assert {e.event_id for e in _events(batches)} == {f"sale:{c}" for c in charges[3:]}
+    # products, the sales since yesterday, the subscriber, five charges: each one counted.
+    assert len(gumroad.calls) == 3 + CHARGES_PER_SUBSCRIPTION
+    assert sum(batch.calls for batch in batches) == len(gumroad.calls)
+
+
+def test_charge_reads_stop_after_the_first_older_than_the_dispute_window(
+    gumroad: GumroadStandIn, server: StandInServer
+) -> None:
+    yearly = gumroad.add_product("Yearly", membership=True, recurrence="yearly")
+    subscription, first = gumroad.subscribe(
+        yearly, "buyer@example.com", at=NOW - timedelta(days=800)
+    )
+    second = gumroad.renew(subscription, at=NOW - timedelta(days=435))
+    third = gumroad.renew(subscription, at=NOW - timedelta(days=70))
+    _changes(server, [f"gumroad:sub_{subscription}"])
+    read = [c.path for c in gumroad.calls if c.path.startswith("/v2/sales/")]
+    assert read == [f"/v2/sales/{third}", f"/v2/sales/{second}"]  # not the one before
+    assert f"/v2/sales/{first}" not in read
+    assert DISPUTE_WINDOW_SECONDS == 120 * 86400
+
+
+def test_charges_listed_in_this_run_are_not_read_again(
+    gumroad: GumroadStandIn, server: StandInServer
+) -> None:
+    subscription, (first, renewal) = _membership_months(
+        gumroad, "buyer@example.com", 2, last=NOW - timedelta(hours=5)
+    )
+    gumroad.chargeback(first)
+    events = _by_id(_events(_changes(server, [f"gumroad:sub_{subscription}"])))
+    # The renewal came with the new sales; only the charge before it is read by id.
+    assert [c.path for c in gumroad.calls] == [
+        "/v2/products",
+        "/v2/sales",
+        f"/v2/subscribers/{subscription}",
+        f"/v2/sales/{first}",
+    ]
+    assert set(events) == {f"sale:{renewal}", f"sale:{first}", f"dispute:{first}"}
+
+
+def test_reread_calls_are_bounded_for_a_full_share_of_known_subscriptions(
+    gumroad: GumroadStandIn, server: StandInServer
+) -> None:
+    pro = gumroad.add_product("Pro", membership=True)
+    known = []
+    for n in range(12):
+        # Eight charges each, 110 to 5 days old: all within the dispute window.
+        subscription, _ = gumroad.subscribe(pro, f"b{n}@example.com", at=NOW - timedelta(days=110))
+        for renewal in range(1, 8):
+            gumroad.renew(subscription, at=NOW - timedelta(days=110 - 15 * renewal))
+        known.append(f"gumroad:sub_{subscription}")
+    batches = _changes(server, known)
+    # One subscribers page confirmed all twelve; then at most five charges each.
+    assert len(gumroad.calls_to(f"/v2/products/{pro}/subscribers")) == 1
+    assert not [c for c in gumroad.calls if c.path.startswith("/v2/subscribers/")]
+    charge_reads = [c for c in gumroad.calls if c.path.startswith("/v2/sales/")]
+    assert len(charge_reads) == 12 * CHARGES_PER_SUBSCRIPTION
+    assert len(gumroad.calls) == 3 + 12 * CHARGES_PER_SUBSCRIPTION
+    assert sum(batch.calls for batch in batches) == len(gumroad.calls)
+    assert all(batch.calls <= 1 for batch in batches[2:])  # one read a batch: the lease holds
+
+
+def test_unknown_known_ids_yield_nothing_and_read_no_charges(
+    gumroad: GumroadStandIn, server: StandInServer
+) -> None:
+    gumroad.add_product("Pro", membership=True)
+    known = ["gumroad:sub_UnknownSubscription0A==", "gumroad:sale_UnknownSale00000000000A=="]
+    batches = _changes(server, known)
+    assert _events(batches) == []
+    assert [c.path for c in gumroad.calls] == [
+        "/v2/products",
+        "/v2/sales",
+        "/v2/subscribers/UnknownSubscription0A==",
+        "/v2/sales/UnknownSale00000000000A==",
+    ]
+    assert sum(batch.calls for batch in batches) == 4
+
+
+def test_another_sellers_subscription_yields_nothing(
+    gumroad: GumroadStandIn, server: StandInServer
+) -> None:
+    theirs = gumroad.add_product("Theirs", membership=True, seller_id=OTHER_SELLER)
+    subscription, sale = gumroad.subscribe(theirs, "buyer@example.com", at=JAN)
+    gumroad.chargeback(sale)
+    assert _events(_changes(server, [f"gumroad:sub_{subscription}"])) == []
+    assert not gumroad.calls_to(f"/v2/sales/{sale}")
 
 
 # -- rate limits, pacing and failures ---------------------------------------------------------

@@ -24,6 +24,7 @@ from bridge.stripe_api import (
     MAX_PAGE_SIZE,
     ProviderAPIError,
     StripeAPI,
+    invoice_payment_refs,
 )
 from tests.sources.timing import FakeTime
 from tests.standins.server import StandInServer
@@ -396,6 +397,325 @@ def test_a_guest_payments_dispute_carries_the_email_on_the_charge(
     assert call.array("expand") == ["data.charge"]
 
 
+def _dispute_event(events: list[MembershipEvent]) -> MembershipEvent:
+    [event] = [e for e in events if e.dispute is not None]
+    return event
+
+
+@pytest.mark.parametrize("which", ["first invoice", "renewal"])
+def test_a_subscription_payments_dispute_names_its_invoice_and_subscription(
+    which: str, standin: StripeStandIn, source: StripeSource
+) -> None:
+    customer = standin.add_customer(EMAIL)
+    sub = standin.add_subscription(customer)
+    invoice = standin.invoices_of(sub)[0] if which == "first invoice" else standin.renew(sub)
+    charge = standin.charge_of_invoice(invoice)
+    intent = standin.get("charge", charge)["payment_intent"]
+    dispute = standin.add_dispute(charge)
+
+    batches = list(source.backfill())
+
+    event = _dispute_event([e for b in batches for e in b.events])
+    assert event.refs == {
+        "dispute": dispute,
+        "charge": charge,
+        "payment_intent": intent,
+        "invoice": invoice,
+        "subscription": sub,
+    }
+    # The rest is the webhook's: the engine's resolver tries `subscription` first.
+    webhook = _webhook(standin, "charge.dispute.created")
+    assert {k: v for k, v in event.refs.items() if k in webhook.refs} == webhook.refs
+    assert (event.dispute, event.entitlement, event.customer) == (DisputeState.OPEN, None, customer)
+    [call] = standin.calls_to("/v1/invoice_payments")
+    assert {key: value for key, value in call.query.items() if "expand" not in key} == {
+        "payment[type]": "payment_intent",
+        "payment[payment_intent]": intent,
+        "limit": "100",
+    }
+    assert call.array("expand") == ["data.invoice"]
+    assert batches[-1].calls == 2  # the disputes page and the one look-up
+
+
+def test_a_one_time_checkouts_dispute_makes_no_extra_call_and_is_unchanged(
+    standin: StripeStandIn, source: StripeSource
+) -> None:
+    session = standin.add_checkout(customer_id=standin.add_customer(EMAIL))
+    charge = standin.charge_of(session)
+    dispute = standin.add_dispute(charge)
+
+    batches = list(source.backfill())
+
+    event = _dispute_event([e for b in batches for e in b.events])
+    intent = standin.get("checkout.session", session)["payment_intent"]
+    assert event.refs == {"dispute": dispute, "charge": charge, "payment_intent": intent}
+    assert event.refs == _webhook(standin, "charge.dispute.created").refs
+    assert not standin.calls_to("/v1/invoice_payments")
+    assert [batch.calls for batch in batches] == [1, 1, 1]
+
+
+def test_a_dispute_whose_checkout_was_not_listed_by_this_run_is_looked_up_once(
+    standin: StripeStandIn, api: StripeAPI
+) -> None:
+    # A backfill resumed at the disputes: its sessions were listed by an earlier process.
+    session = standin.add_checkout(email=EMAIL)
+    charge = standin.charge_of(session)
+    standin.add_dispute(charge)
+    cursors = [batch.cursor for batch in StripeSource(api).backfill()]
+    standin.calls.clear()
+
+    [batch] = list(StripeSource(api).backfill(cursors[1]))
+
+    [event] = batch.events
+    assert event.refs == _webhook(standin, "charge.dispute.created").refs  # paid no invoice
+    assert [call.path for call in standin.calls] == ["/v1/disputes", "/v1/invoice_payments"]
+    assert batch.calls == 2
+
+
+def test_each_dispute_costs_at_most_one_call_and_one_time_ones_none(
+    standin: StripeStandIn, source: StripeSource
+) -> None:
+    subs = [standin.add_subscription(standin.add_customer(f"s{n}@example.com")) for n in range(3)]
+    for sub in subs:
+        standin.add_dispute(standin.charge_of_invoice(standin.renew(sub)))
+    for n in range(4):
+        standin.add_dispute(standin.charge_of(standin.add_checkout(email=f"c{n}@example.com")))
+    standin.renew(subs[0])  # a renewal nobody disputed
+
+    batches = list(source.backfill())
+
+    disputes = [e for b in batches for e in b.events if e.dispute is not None]
+    assert len(disputes) == 7
+    assert sorted(e.refs["subscription"] for e in disputes if "subscription" in e.refs) == sorted(
+        subs
+    )
+    assert len(standin.calls_to("/v1/invoice_payments")) == 3
+    assert batches[-1].calls == 1 + 3
+    assert sum(batch.calls for batch in batches) == len(standin.calls) == 3 + 3
+
+
+def test_a_refused_invoice_look_up_leaves_the_dispute_as_its_webhook_names_it(
+    standin: StripeStandIn,
+    source: StripeSource,
+    api: StripeAPI,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A restricted key without Invoices read access: Stripe answers 403.
+    sub = standin.add_subscription(standin.add_customer(EMAIL))
+    dispute = standin.add_dispute(standin.charge_of_invoice(standin.renew(sub)))
+
+    def refused(payment_intent: str, **_: object) -> None:
+        raise ProviderAPIError("Stripe API GET /v1/invoice_payments status=403", retryable=False)
+
+    monkeypatch.setattr(api, "list_invoice_payments", refused)
+
+    batches = list(source.backfill())
+
+    event = _dispute_event([e for b in batches for e in b.events])
+    assert event.refs == _webhook(standin, "charge.dispute.created").refs
+    assert batches[-1].calls == 2
+    assert f"stripe dispute invoice unknown dispute={dispute}" in caplog.text
+
+
+def test_a_failed_invoice_look_up_worth_retrying_stops_the_listing_at_its_page(
+    standin: StripeStandIn,
+    source: StripeSource,
+    api: StripeAPI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sub = standin.add_subscription(standin.add_customer(EMAIL))
+    standin.add_dispute(standin.charge_of_invoice(standin.renew(sub)))
+
+    def failing(payment_intent: str, **_: object) -> None:
+        raise ProviderAPIError("Stripe API GET /v1/invoice_payments status=503", retryable=True)
+
+    monkeypatch.setattr(api, "list_invoice_payments", failing)
+    batches = source.backfill()
+    first, second = next(batches), next(batches)
+
+    with pytest.raises(ProviderAPIError):
+        next(batches)
+    # The engine resumes from the last cursor it got: the disputes page is read again.
+    assert second.cursor is not None and json.loads(second.cursor)["list"] == "disputes"
+    assert first.events[0].refs == {"subscription": sub}
+
+
+def test_invoice_payment_refs_read_both_invoice_shapes_and_prefer_a_subscriptions() -> None:
+    basil = {"id": "in_2", "parent": {"subscription_details": {"subscription": "sub_2"}}}
+
+    assert invoice_payment_refs([]) == {}
+    assert invoice_payment_refs([{"invoice": "in_1"}]) == {"invoice": "in_1"}  # not expanded
+    assert invoice_payment_refs([{"invoice": {"id": "in_1", "subscription": "sub_1"}}]) == {
+        "invoice": "in_1",
+        "subscription": "sub_1",
+    }
+    assert invoice_payment_refs(
+        [{"invoice": {"id": "in_1", "parent": None}}, {"invoice": basil}]
+    ) == {
+        "invoice": "in_2",
+        "subscription": "sub_2",
+    }
+
+
+# -- the stand-in's invoices ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "invoice_status", "payment"),
+    [
+        ("active", "paid", ("paid", "succeeded")),
+        ("past_due", "paid", ("paid", "succeeded")),
+        ("trialing", "paid", None),  # $0: no payment at all
+        ("incomplete", "open", ("open", "requires_payment_method")),
+        ("incomplete_expired", "void", ("canceled", "canceled")),
+    ],
+)
+def test_the_stand_in_bills_a_new_subscription_as_stripe_does(
+    status: str,
+    invoice_status: str,
+    payment: tuple[str, str] | None,
+    standin: StripeStandIn,
+    server: StandInServer,
+) -> None:
+    sub = standin.add_subscription(standin.add_customer(EMAIL), status=status)
+    [invoice_id] = standin.invoices_of(sub)
+
+    invoice = standin.get("invoice", invoice_id)
+    assert standin.get("subscription", sub)["latest_invoice"] == invoice_id
+    assert (invoice["status"], invoice["billing_reason"]) == (invoice_status, "subscription_create")
+    assert invoice["parent"]["subscription_details"]["subscription"] == sub
+    assert "payment_intent" not in invoice and "charge" not in invoice  # basil
+    listed = requests.get(
+        f"{server.url}/v1/invoice_payments",
+        params={"invoice": invoice_id},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=5,
+    ).json()["data"]
+    if payment is None:
+        assert listed == [] and invoice["amount_paid"] == 0
+    else:
+        [found] = listed
+        intent = standin.get("payment_intent", found["payment"]["payment_intent"])
+        assert (found["status"], intent["status"]) == payment
+        assert "invoice" not in intent
+    sent = [e for e in standin.events if e["data"]["object"]["id"] == invoice_id]
+    assert [e["type"] for e in sent] == (["invoice.paid"] if invoice_status == "paid" else [])
+
+
+def test_the_stand_ins_renewals_are_paid_invoices_the_webhook_parser_ties_to_the_subscription(
+    standin: StripeStandIn,
+) -> None:
+    sub = standin.add_subscription(standin.add_customer(EMAIL), status="trialing")
+    first = standin.invoices_of(sub)[0]
+    period_end = standin.get("subscription", sub)["items"]["data"][0]["current_period_end"]
+
+    renewal = standin.renew(sub)
+
+    after = standin.get("subscription", sub)
+    assert standin.invoices_of(sub) == [first, renewal]
+    assert (after["status"], after["latest_invoice"]) == ("active", renewal)
+    assert after["items"]["data"][0]["current_period_start"] == period_end
+    invoice = standin.get("invoice", renewal)
+    assert (invoice["billing_reason"], invoice["status"], invoice["amount_paid"]) == (
+        "subscription_cycle",
+        "paid",
+        2000,
+    )
+    charge = standin.get("charge", standin.charge_of_invoice(renewal))
+    assert "invoice" not in charge and charge["paid"] is True
+    assert [e["type"] for e in standin.events[-2:]] == [
+        "customer.subscription.updated",
+        "invoice.paid",
+    ]
+    paid = _webhook(standin, "invoice.paid")
+    assert (paid.entitlement, paid.state) == (f"stripe:{sub}", EntitlementState.ACTIVE)
+    assert paid.refs == {"invoice": renewal, "subscription": sub}
+    assert paid.products == MONTHLY
+    standin.update_subscription(sub, status="canceled")
+    with pytest.raises(ValueError, match="does not renew"):
+        standin.renew(sub)
+
+
+def test_a_subscription_checkout_names_the_subscriptions_first_invoice(
+    standin: StripeStandIn,
+) -> None:
+    customer = standin.add_customer(EMAIL)
+    sub = standin.add_subscription(customer)
+    session = standin.add_checkout(customer_id=customer, mode="subscription", subscription_id=sub)
+
+    assert standin.get("checkout.session", session)["invoice"] == standin.invoices_of(sub)[0]
+
+
+def _invoice_payments(server: StandInServer, params: dict[str, str]) -> requests.Response:
+    return requests.get(
+        f"{server.url}/v1/invoice_payments",
+        params=params,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=5,
+    )
+
+
+def test_the_stand_ins_invoice_payments_filter_and_expand_as_documented(
+    standin: StripeStandIn, server: StandInServer, world: Clock
+) -> None:
+    sub = standin.add_subscription(standin.add_customer(EMAIL))
+    world.now += 100
+    renewal = standin.renew(sub)
+    intent = standin.get("charge", standin.charge_of_invoice(renewal))["payment_intent"]
+    unpaid = standin.add_subscription(standin.add_customer("o@example.com"), status="incomplete")
+
+    by_intent = _invoice_payments(
+        server,
+        {
+            "payment[type]": "payment_intent",
+            "payment[payment_intent]": intent,
+            "expand[]": "data.invoice",
+        },
+    ).json()
+    everything = _invoice_payments(server, {}).json()["data"]
+    paid = _invoice_payments(server, {"status": "paid"}).json()["data"]
+    recent = _invoice_payments(server, {"created[gte]": str(int(world.now))}).json()["data"]
+
+    [found] = by_intent["data"]
+    assert (by_intent["object"], by_intent["url"]) == ("list", "/v1/invoice_payments")
+    assert found["object"] == "invoice_payment" and found["id"].startswith("inpay_")
+    assert found["payment"] == {"type": "payment_intent", "payment_intent": intent}
+    assert found["invoice"]["id"] == renewal  # expanded
+    assert found["invoice"]["parent"]["subscription_details"]["subscription"] == sub
+    assert len(everything) == 3 and [p["status"] for p in everything] == ["open", "paid", "paid"]
+    assert len(paid) == 2 and all(isinstance(p["invoice"], str) for p in paid)
+    assert [p["invoice"] for p in recent] == [standin.invoices_of(unpaid)[0], renewal]
+    single = requests.get(
+        f"{server.url}/v1/invoice_payments/{found['id']}",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=5,
+    ).json()
+    assert single["invoice"] == renewal
+
+
+@pytest.mark.parametrize(
+    ("params", "param", "text"),
+    [
+        ({"payment[payment_intent]": "pi_1"}, "payment[type]", "Missing required param"),
+        ({"payment[type]": "charge"}, "payment[type]", "Invalid payment[type]"),
+        ({"payment[type]": "payment_intent", "payment[charge]": "ch_1"}, "payment[charge]", ""),
+        ({"status": "draft"}, "status", "Invalid status"),
+        ({"expand[]": "data.payment"}, None, "cannot be expanded (data.payment)"),
+        ({"customer": "cus_1"}, "customer", "unknown parameter"),
+    ],
+)
+def test_the_stand_ins_invoice_payments_refuse_what_stripe_refuses(
+    params: dict[str, str], param: str | None, text: str, server: StandInServer
+) -> None:
+    answer = _invoice_payments(server, params)
+
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert text in error["message"]
+    assert error.get("param") == param
+
+
 # -- pagination and cursors --------------------------------------------------------------
 
 
@@ -693,7 +1013,11 @@ def test_events_just_before_since_are_read_and_older_ones_not(
 
     events = _events(StripeSource(api, clock=Clock(since)).changes(since))
 
-    assert [event.entitlement for event in events] == [f"stripe:{recent}"]
+    # The subscription's creation and its first invoice's payment, newest first.
+    assert [(event.event_type, event.entitlement) for event in events] == [
+        ("invoice.paid", f"stripe:{recent}"),
+        ("customer.subscription.created", f"stripe:{recent}"),
+    ]
     assert f"stripe:{old}" not in {event.entitlement for event in events}
 
 
@@ -702,7 +1026,8 @@ def test_changes_page_back_and_skip_nothing_created_while_paging(
 ) -> None:
     customer = standin.add_customer(EMAIL)
     since = float(world.now)
-    subs = [standin.add_subscription(customer) for _ in range(150)]
+    # Each subscription sends two events: its creation and its first invoice's payment.
+    subs = [standin.add_subscription(customer) for _ in range(75)]
     window = {event["id"] for event in standin.events if event["type"] in EVENT_TYPES}
     batches = StripeSource(api, clock=Clock(since + 60)).changes(since)
 
@@ -712,7 +1037,7 @@ def test_changes_page_back_and_skip_nothing_created_while_paging(
     rest = list(batches)
 
     seen = [e.event_id for batch in [first, *rest] for e in batch.events]
-    assert set(seen) == window and len(seen) == len(window) == len(subs)
+    assert set(seen) == window and len(seen) == len(window) == 2 * len(subs)
     assert [len(first.events), *(len(b.events) for b in rest)] == [100, 50]
     assert all(batch.cursor is None for batch in [first, *rest])
     assert {e.entitlement for b in [first, *rest] for e in b.events}.isdisjoint(

@@ -16,7 +16,9 @@ config/initializers/{doorkeeper,rack_attack}.rb. What it reproduces:
   day, ``before`` < that day; bad dates or page keys: 400 ``{"status", "error"}``. Gumroad
   has no page-size parameter: any other asked for is ignored, as Gumroad does.
 - ``GET /v2/sales/:id``, ``GET /v2/subscribers/:id``: an unknown id, or another seller's,
-  is HTTP 200 ``{"success": false, "message": "The sale was not found."}``.
+  is HTTP 200 ``{"success": false, "message": "The sale was not found."}``. A subscriber's
+  ``purchase_ids`` are its charges (test ones excluded) in id order, oldest first; a
+  sale's ``recurring_charge`` is false for the subscription's first charge only.
 - ``GET /v2/products``: the owner's visible products, newest first, in one list.
 - ``GET /v2/products/:id/subscribers``: active subscriptions only (not test, no
   failed_at/ended_at, cancelled_at unset or ahead); all at once, or 100 a page with
@@ -465,7 +467,9 @@ class GumroadStandIn:
             "product_name": product.name,
             "user_id": s.buyer.purchaser_id,
             "user_email": s.buyer.account_email,
-            "purchase_ids": [p for p in s.purchases if not self.sales[p].test],  # for_sales_api
+            # purchases.for_sales_api: no ORDER BY, so MySQL's subscription_id index order,
+            # which is id order: oldest charge first.
+            "purchase_ids": [p for p in s.purchases if not self.sales[p].test],
             "created_at": stamp(s.created_at),
             "user_requested_cancellation_at": stamp(s.user_requested_cancellation_at),
             "charge_occurrence_count": None,

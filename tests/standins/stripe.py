@@ -17,13 +17,28 @@
 - docs.stripe.com/api/subscriptions/list (``status``: by default all but canceled; ``all``;
   ``ended`` = canceled and incomplete_expired), /api/checkout/sessions/list (``status``),
   /api/checkout/sessions/line_items, /api/disputes/list, /api/events/list (``types``: up to
-  20, or ``type`` with ``*``, not both; ``created[gte|gt|lte|lt]``; 30 days kept).
+  20, or ``type`` with ``*``, not both; ``created[gte|gt|lte|lt]``; 30 days kept),
+  /api/invoice-payment/list (``invoice``; ``payment[type]``, required with ``payment``,
+  ``payment_intent`` or ``payment_record``, with ``payment[payment_intent]`` or
+  ``payment[payment_record]``; ``status`` open, paid or canceled; ``created``).
+- docs.stripe.com/changelog/basil/2025-03-31/add-support-for-multiple-partial-payments-on-invoices
+  and /api/invoice-payment: Invoices carry no ``payment_intent`` or ``charge``,
+  PaymentIntents and Charges no ``invoice``; an Invoice Payment links the two
+  (``payment.payment_intent``, ``invoice``). A subscription's Invoice names it in
+  ``parent.subscription_details.subscription``.
+- A subscription is billed at once: its first invoice (``billing_reason``
+  ``subscription_create``) is paid by a PaymentIntent and its Charge (a trial's is $0 and
+  has no payment; an ``incomplete`` subscription's stays open, an ``incomplete_expired``
+  one's is void), and each renewal (``subscription_cycle``, :meth:`StripeStandIn.renew`)
+  likewise; ``invoice.paid`` is sent for each paid one.
 - Objects shaped as shared/fixtures/stripe (API version 2025-06-30.basil); test keys see
   test-mode objects (``livemode`` false), live keys live ones. Deleting a customer cancels
   its subscriptions at once and leaves ``{"id", "object": "customer", "deleted": true}``.
-Chosen here, not in the docs: the wording of the 400s for more than 20 ``types`` and an
-unknown ``status``; only the expansions the bridge needs are served (any other answers
-400, as an unknown property does).
+Chosen here, not in the docs: the wording of the 400s for more than 20 ``types``, an
+unknown ``status`` and an unknown ``payment[type]``; only the expansions the bridge needs
+are served (any other answers 400, as an unknown property does); of the events Stripe
+sends, only those the bridge reads or that tests look for (no ``invoice.created``,
+``payment_intent.*``, ``charge.succeeded``...).
 """
 
 from __future__ import annotations
@@ -58,9 +73,15 @@ DISPUTE_STATUSES = (
 MONTHLY = ("price_1MowQULkdIwHu7ixraBm864M", "prod_NjpI7DbZx6AlWQ")
 ONE_TIME = ("price_1MotwRLkdIwHu7ixYcPLm5uZ", "prod_NWjs8kKbJWmuuc")
 CLOSED_DISPUTES = frozenset({"warning_closed", "won", "lost", "prevented"})
+INVOICE_PAYMENT_STATUSES = ("canceled", "open", "paid")
+INVOICE_PAYMENT_TYPES = ("payment_intent", "payment_record")
+# A subscription's billing period (the stand-in's prices are all monthly).
+PERIOD_SECONDS = 30 * 86400
 # What each object type can expand, into which type ("line_items" is includable).
 _EXPANDABLE: dict[str, dict[str, str]] = {
-    "subscription": {"customer": "customer"},
+    "subscription": {"customer": "customer", "latest_invoice": "invoice"},
+    "invoice": {"customer": "customer"},
+    "invoice_payment": {"invoice": "invoice"},
     "checkout.session": {
         "customer": "customer", "payment_intent": "payment_intent",
         "subscription": "subscription", "line_items": "line_items",
@@ -72,8 +93,10 @@ _EXPANDABLE: dict[str, dict[str, str]] = {
 _PREFIXES = {
     "customer": "cus", "subscription": "sub", "checkout.session": "cs", "payment_intent": "pi",
     "charge": "ch", "dispute": "dp", "event": "evt", "item": "li", "subscription_item": "si",
-    "refund": "re", "invoice": "in",
+    "refund": "re", "invoice": "in", "invoice_payment": "inpay", "line_item": "il",
 }  # fmt: skip
+# How a new subscription's first invoice ends, by the subscription's status (else paid).
+_FIRST_INVOICE = {"incomplete": "open", "incomplete_expired": "void"}
 _ARRAY_KEY = re.compile(r"^([a-z_]+)\[(\d*|[a-z_]+)\]$")
 _NO_KEY = (
     "You did not provide an API key. You need to provide your API key in the Authorization "
@@ -124,7 +147,8 @@ class _Refusal(Exception):
 
 
 class StripeStandIn:
-    """Customers, subscriptions, Checkout Sessions, payments, disputes and their events."""
+    """Customers, subscriptions and their invoices, Checkout Sessions, payments, disputes and
+    their events."""
 
     def __init__(
         self,
@@ -211,7 +235,27 @@ class StripeStandIn:
                 "pause_collection": None, "start_date": now, "status": status,
             }  # fmt: skip
             self._end(sub)
-            return self._store("customer.subscription.created", sub)
+            # Billed at once: the first invoice exists when the subscription does.
+            invoice = self._bill(sub, "subscription_create", _FIRST_INVOICE.get(status, "paid"))
+            self._store("customer.subscription.created", sub)
+            self._store("invoice.paid" if invoice["status"] == "paid" else "", invoice)
+            return sub_id
+
+    def renew(self, sub_id: str) -> str:
+        """The subscription's next period, billed and paid (a trial ends: it turns active);
+        the renewal invoice's id. Stripe sends ``customer.subscription.updated`` (the new
+        period) and ``invoice.paid``."""
+        with self._lock:
+            sub = self._objects["subscription"][sub_id]
+            if sub["status"] not in ("active", "trialing"):
+                raise ValueError(f"a {sub['status']} subscription does not renew here")
+            for item in sub["items"]["data"]:
+                item["current_period_start"] = item["current_period_end"]
+                item["current_period_end"] += PERIOD_SECONDS
+            sub["status"] = "active"
+            invoice = self._bill(sub, "subscription_cycle", "paid")
+            self._emit("customer.subscription.updated", sub)
+            return self._store("invoice.paid", invoice)
 
     def update_subscription(
         self, sub_id: str, *, status: str | None = None, cancel_at_period_end: bool | None = None
@@ -283,7 +327,8 @@ class StripeStandIn:
                                      "phone": None, "tax_exempt": "none", "tax_ids": []}
                 if status == "complete" else None,
                 "customer_email": None, "expires_at": now + 86400,
-                "invoice": self._id("invoice") if mode == "subscription" else None,
+                "invoice": self._first_invoice(subscription_id) if mode == "subscription"
+                else None,
                 "livemode": self.livemode, "metadata": {}, "mode": mode,
                 "payment_intent": intent_id, "payment_status": payment_status,
                 "status": status, "subscription": subscription_id, "url": None,
@@ -375,6 +420,25 @@ class StripeStandIn:
             ]
             return charge
 
+    def invoices_of(self, sub_id: str) -> list[str]:
+        """The ids of a subscription's invoices, oldest first."""
+        with self._lock:
+            return [
+                invoice["id"]
+                for invoice in self._objects["invoice"].values()
+                if invoice["parent"]["subscription_details"]["subscription"] == sub_id
+            ]
+
+    def charge_of_invoice(self, invoice_id: str) -> str:
+        """The id of the charge that paid an invoice (through its invoice payment)."""
+        with self._lock:
+            for payment in self._objects["invoice_payment"].values():
+                if payment["invoice"] == invoice_id and payment["status"] == "paid":
+                    intent = self._objects["payment_intent"][payment["payment"]["payment_intent"]]
+                    charge: str = intent["latest_charge"]
+                    return charge
+        raise KeyError(f"no paid invoice payment for {invoice_id}")
+
     def calls_to(self, path: str) -> list[Call]:
         """The calls made to ``path``, in order."""
         with self._lock:
@@ -426,12 +490,14 @@ class StripeStandIn:
         amount: int,
         *,
         paid: bool,
+        status: str | None = None,
     ) -> str:
         intent = {
             "id": self._id("payment_intent"), "object": "payment_intent", "amount": amount,
             "created": self._now(), "currency": "usd", "customer": customer_id,
             "latest_charge": None, "livemode": self.livemode, "metadata": {},
-            "receipt_email": email, "status": "succeeded" if paid else "processing",
+            "receipt_email": email,
+            "status": status or ("succeeded" if paid else "processing"),
             "_payer": {"email": email, "name": name},
         }  # fmt: skip
         if paid:
@@ -456,6 +522,83 @@ class StripeStandIn:
         }  # fmt: skip
         return self._store("", charge)
 
+    def _first_invoice(self, sub_id: str | None) -> str:
+        """A subscription's first invoice (a made-up id when the session names none)."""
+        if sub_id is None or sub_id not in self._objects["subscription"]:
+            return self._id("invoice")
+        return self.invoices_of(sub_id)[0]
+
+    def _bill(self, sub: dict[str, Any], reason: str, outcome: str) -> dict[str, Any]:
+        """An invoice of the subscription's current period, stored (no event) and made the
+        latest; ``outcome`` paid (by a PaymentIntent and its Charge, unless it is $0),
+        open (its PaymentIntent waits for a payment method) or void."""
+        now, invoice_id = self._now(), self._id("invoice")
+        customer = self._objects["customer"].get(sub["customer"], {})
+        email, name = customer.get("email"), customer.get("name")
+        trial = sub["status"] == "trialing" and reason == "subscription_create"
+        items = sub["items"]["data"]
+        lines = [
+            {"id": self._id("line_item"), "object": "line_item",
+             "amount": 0 if trial else item["price"]["unit_amount"], "currency": "usd",
+             "description": "Membership",
+             "invoice": invoice_id, "livemode": self.livemode, "metadata": {},
+             "parent": {"invoice_item_details": None, "type": "subscription_item_details",
+                        "subscription_item_details": {
+                            "invoice_item": None, "proration": False,
+                            "proration_details": {"credited_items": None},
+                            "subscription": sub["id"], "subscription_item": item["id"]}},
+             "period": {"end": item["current_period_end"],
+                        "start": item["current_period_start"]},
+             "pricing": {"price_details": {"price": item["price"]["id"],
+                                           "product": item["price"]["product"]},
+                         "type": "price_details",
+                         "unit_amount_decimal": str(item["price"]["unit_amount"])},
+             "quantity": 1}
+            for item in items
+        ]  # fmt: skip
+        total = sum(line["amount"] for line in lines)
+        paid = outcome == "paid"
+        # An invoice's own period is the one before its lines' (none before the first).
+        start = items[0]["current_period_start"] if items else now
+        previous = start - PERIOD_SECONDS if reason == "subscription_cycle" else start
+        invoice = {
+            "id": invoice_id, "object": "invoice", "amount_due": total,
+            "amount_paid": total if paid else 0, "amount_remaining": 0 if paid else total,
+            "attempt_count": 1 if total and paid else 0, "attempted": paid,
+            "billing_reason": reason, "collection_method": "charge_automatically",
+            "created": now, "currency": "usd", "customer": sub["customer"],
+            "customer_email": email, "customer_name": name,
+            "lines": {"object": "list", "data": lines, "has_more": False,
+                      "total_count": len(lines), "url": f"/v1/invoices/{invoice_id}/lines"},
+            "livemode": self.livemode, "metadata": {},
+            "parent": {"quote_details": None, "type": "subscription_details",
+                       "subscription_details": {"metadata": {}, "subscription": sub["id"]}},
+            "period_end": start, "period_start": previous,
+            "status": outcome, "subtotal": total, "total": total,
+            "status_transitions": {"finalized_at": now, "marked_uncollectible_at": None,
+                                   "paid_at": now if paid else None,
+                                   "voided_at": now if outcome == "void" else None},
+        }  # fmt: skip
+        if total:
+            intent_status = {"open": "requires_payment_method", "void": "canceled"}.get(outcome)
+            intent_id = self._payment(
+                sub["customer"], email, name, total, paid=paid, status=intent_status
+            )
+            payment_status = {"paid": "paid", "void": "canceled"}.get(outcome, "open")
+            self._store("", {
+                "id": self._id("invoice_payment"), "object": "invoice_payment",
+                "amount_paid": total if paid else None, "amount_requested": total,
+                "created": now, "currency": "usd", "invoice": invoice_id, "is_default": True,
+                "livemode": self.livemode,
+                "payment": {"type": "payment_intent", "payment_intent": intent_id},
+                "status": payment_status,
+                "status_transitions": {"canceled_at": now if outcome == "void" else None,
+                                       "paid_at": now if paid else None},
+            })  # fmt: skip
+        self._objects["invoice"][invoice_id] = invoice
+        sub["latest_invoice"] = invoice_id
+        return invoice
+
     # -- the API --------------------------------------------------------------------------
 
     def _create_app(self) -> Flask:
@@ -470,6 +613,10 @@ class StripeStandIn:
             ("/v1/subscriptions/<object_id>",
              lambda object_id: self._retrieve("subscription", object_id)),
             ("/v1/charges/<object_id>", lambda object_id: self._retrieve("charge", object_id)),
+            ("/v1/invoices/<object_id>", lambda object_id: self._retrieve("invoice", object_id)),
+            ("/v1/invoice_payments/<object_id>",
+             lambda object_id: self._retrieve("invoice_payment", object_id)),
+            ("/v1/invoice_payments", self._invoice_payments),
             ("/v1/subscriptions", self._subscriptions),
             ("/v1/checkout/sessions", self._sessions),
             ("/v1/checkout/sessions/<object_id>/line_items", self._session_line_items),
@@ -563,6 +710,48 @@ class StripeStandIn:
 
     def _disputes(self) -> Response:
         return self._listing("/v1/disputes", "dispute", self._newest("dispute"))
+
+    def _invoice_payments(self) -> Response:
+        payment = {
+            match.group(2): value
+            for key, value in request.args.items()
+            if (match := _ARRAY_KEY.match(key)) and match.group(1) == "payment"
+        }
+        for name in payment:
+            if name not in ("type", "payment_intent", "payment_record"):
+                raise _Refusal(
+                    400, f"Received unknown parameter: payment[{name}]", param=f"payment[{name}]"
+                )
+        if payment and "type" not in payment:
+            raise _Refusal(
+                400,
+                "Missing required param: payment[type].",
+                code="parameter_missing",
+                param="payment[type]",
+            )
+        if payment and payment["type"] not in INVOICE_PAYMENT_TYPES:
+            raise _Refusal(
+                400,
+                "Invalid payment[type]: must be one of " + " or ".join(INVOICE_PAYMENT_TYPES),
+                param="payment[type]",
+            )
+        status = request.args.get("status")
+        if status is not None and status not in INVOICE_PAYMENT_STATUSES:
+            raise _Refusal(
+                400,
+                "Invalid status: must be one of " + ", ".join(INVOICE_PAYMENT_STATUSES),
+                param="status",
+            )
+        invoice = request.args.get("invoice")
+        created = _created_filter()
+        found = [
+            p for p in self._newest("invoice_payment")
+            if invoice in (None, p["invoice"]) and status in (None, p["status"])
+            and created(p["created"])
+            and all(p["payment"].get(name) == value for name, value in payment.items())
+        ]  # fmt: skip
+        filters = {"invoice", "payment", "status", "created"}
+        return self._listing("/v1/invoice_payments", "invoice_payment", found, filters)
 
     def _session_line_items(self, object_id: str) -> Response:
         with self._lock:

@@ -1,0 +1,126 @@
+"""A backfilled Stripe dispute of a subscription's payment, through the engine, end to end.
+
+A Dispute names only its charge and payment intent, and in the API version the SDK speaks
+neither names its invoice: `bridge backfill` asks Stripe's Invoice Payments which invoice
+(and so which subscription) the disputed payment paid, so the dispute lands on the
+subscription the listing taught, whose products the products file knows. The command runs
+as in tests/reconcile/test_commands.py: in-process, configured by the environment, against
+the Stripe stand-in, a real Redis and the Sotion sandbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from bridge.sandbox import SandboxServer
+from bridge.sotion import Member, SotionClient
+from tests.reconcile.providers import Bridge, Clock, base_env, stripe_env
+from tests.standins.server import StandInServer
+from tests.standins.stripe import MONTHLY, ONE_TIME, StripeStandIn
+from workers.store import Store
+
+
+@pytest.fixture
+def bridge(redis_url: str, redis_conn: redis.Redis, sotion: SandboxServer) -> Bridge:
+    """The `bridge` command line, wired to the test Redis (flushed) and the sandbox."""
+    return Bridge(base_env(redis_url, sotion.url))
+
+
+@pytest.fixture
+def stripe_clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def stripe(stripe_clock: Clock) -> StripeStandIn:
+    return StripeStandIn(clock=stripe_clock)
+
+
+@pytest.fixture
+def stripe_server(stripe: StripeStandIn) -> Iterator[StandInServer]:
+    with StandInServer(stripe.app) as server:
+        yield server
+
+
+@pytest.fixture
+def products(tmp_path: Path) -> Path:
+    """A products file that lists the monthly plan and the one-time course."""
+    path = tmp_path / "products.toml"
+    path.write_text(
+        f'[[products]]\nname = "Club"\nstripe_prices = ["{MONTHLY[0]}"]\n'
+        f'[[products]]\nname = "Course"\nstripe_prices = ["{ONE_TIME[0]}"]\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def find(sotion_api: SotionClient, email: str) -> Member:
+    member = sotion_api.find_member_by_email(email)
+    assert member is not None, f"no Sotion member {email}"
+    return member
+
+
+def test_a_backfilled_dispute_of_a_renewal_blocks_the_subscriber_with_a_products_file(
+    bridge: Bridge,
+    stripe: StripeStandIn,
+    stripe_server: StandInServer,
+    sotion_api: SotionClient,
+    redis_conn: redis.Redis,
+    products: Path,
+) -> None:
+    disputer = stripe.add_customer("a@renewal-disputed.example")
+    sub = stripe.add_subscription(disputer)
+    renewal = stripe.renew(sub)
+    charge = stripe.charge_of_invoice(renewal)
+    intent = stripe.get("charge", charge)["payment_intent"]
+    stripe.add_dispute(charge)
+    stripe.renew(stripe.add_subscription(stripe.add_customer("a@renewed.example")))
+    stripe.add_dispute(stripe.charge_of(stripe.add_checkout(email="a@course-disputed.example")))
+    env = {**stripe_env(stripe_server), "BRIDGE_PRODUCTS": str(products)}
+
+    out = bridge.run("backfill", "stripe", **env)
+
+    assert out.code == 0, out.output
+    blocked = find(sotion_api, "a@renewal-disputed.example")
+    assert blocked.blocked and not blocked.paid
+    assert find(sotion_api, "a@renewed.example").paid
+    assert find(sotion_api, "a@course-disputed.example").blocked
+    # The dispute is the subscription's: no stray purchase of the payment intent alone, and
+    # the payment's ids now lead to the subscription (later webhooks of this dispute too).
+    store = Store(redis_conn)
+    assert set(store.entitlements("a@renewal-disputed.example")) == {f"stripe:{sub}"}
+    assert store.entitlement_for("stripe", intent) == f"stripe:{sub}"
+    assert store.entitlement_for("stripe", charge) == f"stripe:{sub}"
+    # One look-up, for the renewal's dispute; the course's payment was a listed checkout's.
+    [call] = stripe.calls_to("/v1/invoice_payments")
+    assert call.query["payment[payment_intent]"] == intent
+    assert "product not in the products file" not in out.provider("stripe")["skipped"]
+
+
+def test_a_won_dispute_of_a_renewal_read_from_stripes_events_lifts_the_block(
+    bridge: Bridge,
+    stripe: StripeStandIn,
+    stripe_clock: Clock,
+    stripe_server: StandInServer,
+    sotion_api: SotionClient,
+    products: Path,
+) -> None:
+    sub = stripe.add_subscription(stripe.add_customer("a@won.example"))
+    dispute = stripe.add_dispute(stripe.charge_of_invoice(stripe.renew(sub)))
+    env = {**stripe_env(stripe_server), "BRIDGE_PRODUCTS": str(products)}
+    assert bridge.run("backfill", "stripe", **env).code == 0
+    assert find(sotion_api, "a@won.example").blocked
+    stripe_clock.advance(3)
+    # `charge.dispute.closed` names the charge and payment intent only, as the webhook does.
+    stripe.update_dispute(dispute, "won")
+
+    out = bridge.run("reconcile", "--provider", "stripe", **env)
+
+    assert out.code == 0, out.output
+    member = find(sotion_api, "a@won.example")
+    assert member.paid and not member.blocked
+    assert len(stripe.calls_to("/v1/invoice_payments")) == 1  # the backfill's, none since
