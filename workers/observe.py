@@ -95,10 +95,10 @@ class Merger:
             if reason is not None:
                 tally.skipped[reason] += 1
                 continue
-            kept.append((self.lookup.entitlement(event), event))
+            kept.append((self._entitlement(event), event))
         # Those that waited for an email may be known now (a page taught it).
         waiting, self._unknown = self._unknown, []
-        kept += [(self.lookup.entitlement(event), event) for event in waiting]
+        kept += [(self._entitlement(event), event) for event in waiting]
         owners = self.store.owners_of(sorted({key for key, _ in kept if key is not None}))
         for key, event in kept:
             owner = owners.get(key) if key is not None else None
@@ -133,7 +133,7 @@ class Merger:
         waiting, self._unknown = self._unknown, []
         targets: dict[str, list[Item]] = defaultdict(list)
         for event in waiting:
-            key = self.lookup.entitlement(event)
+            key = self._entitlement(event)
             owner = self.store.owner_of(key) if key is not None else None
             try:
                 # The last resort may ask the provider (a Stripe customer's email).
@@ -146,6 +146,13 @@ class Merger:
                 continue
             targets[email].append((key, event))
         self._write(targets, tally)
+
+    def _entitlement(self, event: MembershipEvent) -> str | None:
+        """The event's entitlement from what the store learned; a Stripe dispute it cannot
+        place may ask Stripe which subscription the payment paid (rare: one call each)."""
+        if event.dispute is not None and not event.event_id.startswith(SYNTHETIC_PREFIX):
+            return self.applier.resolver.entitlement(event)
+        return self.lookup.entitlement(event)
 
     def _settling(self, event: MembershipEvent) -> bool:
         return (

@@ -6,6 +6,7 @@ entitlement's current state instead of the payload's (the providers' own advice)
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 
@@ -15,8 +16,10 @@ from bridge.gumroad_confirm import GumroadMismatchError, confirm
 from bridge.lemonsqueezy_api import LemonSqueezyAPI
 from bridge.providers import gumroad, lemonsqueezy
 from bridge.providers import stripe as stripe_provider
-from bridge.stripe_api import StripeAPI
+from bridge.stripe_api import ProviderAPIError, StripeAPI, invoice_payment_refs
 from workers.store import PAYMENT_REFS, Store
+
+log = logging.getLogger(__name__)
 
 # Stripe event types whose state may be replaced by a fresh read of the subscription.
 _REFRESHABLE_PREFIXES = ("customer.subscription.", "invoice.", "checkout.session.")
@@ -70,11 +73,40 @@ class Resolver:
                 known = self.store.entitlement_for(event.provider, ref)
                 if known:
                     return known
+        linked = self._stripe_dispute_subscription(event)
+        if linked is not None:
+            return linked
         for name in _STANDALONE_REFS:
             ref = event.refs.get(name)
             if ref:
                 return f"{event.provider}:{ref}"
         return None
+
+    def _stripe_dispute_subscription(self, event: MembershipEvent) -> str | None:
+        """The subscription a disputed Stripe payment paid an invoice of, asked of Stripe.
+
+        A dispute names only its charge and payment intent; from API version basil on, a
+        renewal's invoice names neither, so only Stripe's Invoice Payments can tie the
+        payment to its subscription (one call, for disputes the ledger cannot place).
+        A refusal (a restricted key) leaves the dispute on the payment alone.
+        """
+        intent = event.refs.get("payment_intent")
+        if (
+            event.provider != stripe_provider.PROVIDER
+            or event.dispute is None
+            or self.stripe_api is None
+            or not intent
+        ):
+            return None
+        try:
+            page = self.stripe_api.list_invoice_payments(intent)
+        except ProviderAPIError as exc:
+            if exc.retryable:
+                raise
+            log.warning("invoice of a disputed payment unknown: %s", exc)
+            return None
+        subscription = invoice_payment_refs(page.objects).get("subscription")
+        return f"{stripe_provider.PROVIDER}:{subscription}" if subscription else None
 
     def email(self, event: MembershipEvent) -> str | None:
         """The buyer's email, or None when no source knows it."""

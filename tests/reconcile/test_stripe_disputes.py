@@ -10,17 +10,24 @@ the Stripe stand-in, a real Redis and the Sotion sandbox.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from rq import Queue
 
+from bridge.app import create_app
 from bridge.sandbox import SandboxServer
+from bridge.settings import Settings
 from bridge.sotion import Member, SotionClient
-from tests.reconcile.providers import Bridge, Clock, base_env, stripe_env
+from tests.conftest import drain
+from tests.reconcile.providers import STRIPE_KEY, Bridge, Clock, base_env, stripe_env
 from tests.standins.server import StandInServer
 from tests.standins.stripe import MONTHLY, ONE_TIME, StripeStandIn
+from tests.test_stripe_flow import post
+from workers import runtime as worker_runtime
 from workers.store import Store
 
 
@@ -124,3 +131,60 @@ def test_a_won_dispute_of_a_renewal_read_from_stripes_events_lifts_the_block(
     member = find(sotion_api, "a@won.example")
     assert member.paid and not member.blocked
     assert len(stripe.calls_to("/v1/invoice_payments")) == 1  # the backfill's, none since
+
+
+def test_a_dispute_of_a_renewal_read_from_stripes_events_blocks_the_subscriber(
+    bridge: Bridge,
+    stripe: StripeStandIn,
+    stripe_clock: Clock,
+    stripe_server: StandInServer,
+    sotion_api: SotionClient,
+    products: Path,
+) -> None:
+    sub = stripe.add_subscription(stripe.add_customer("a@later.example"))
+    env = {**stripe_env(stripe_server), "BRIDGE_PRODUCTS": str(products)}
+    assert bridge.run("backfill", "stripe", **env).code == 0
+    assert find(sotion_api, "a@later.example").paid
+    stripe_clock.advance(3)
+    # A renewal, then its chargeback, both while the bridge was down; basil's invoice.paid
+    # names no payment intent, so only Stripe's Invoice Payments tie the two.
+    stripe.add_dispute(stripe.charge_of_invoice(stripe.renew(sub)))
+
+    out = bridge.run("reconcile", "--provider", "stripe", **env)
+
+    assert out.code == 0, out.output
+    assert find(sotion_api, "a@later.example").blocked
+    assert len(stripe.calls_to("/v1/invoice_payments")) == 1
+
+
+def test_a_dispute_webhook_of_a_renewal_blocks_the_subscriber_with_a_products_file(
+    bridge: Bridge,
+    stripe: StripeStandIn,
+    stripe_server: StandInServer,
+    sotion_api: SotionClient,
+    products: Path,
+    settings: Settings,
+    redis_conn: redis.Redis,
+    queue: Queue,
+) -> None:
+    sub = stripe.add_subscription(stripe.add_customer("a@webhook.example"))
+    env = {**stripe_env(stripe_server), "BRIDGE_PRODUCTS": str(products)}
+    assert bridge.run("backfill", "stripe", **env).code == 0
+    charge = stripe.charge_of_invoice(stripe.renew(sub))
+    stripe.add_dispute(charge)
+    [opened] = [e for e in stripe.events if e["type"] == "charge.dispute.created"]
+    configured = dataclasses.replace(
+        settings,
+        stripe_api_key=STRIPE_KEY,
+        stripe_api_base=stripe_server.url,
+        products_file=products,
+    )
+    worker_runtime.configure(configured, redis_conn)
+    try:
+        client = create_app(configured).test_client()
+        assert post(client, opened)["queued"] == 1
+        drain(queue)
+    finally:
+        worker_runtime.reset()
+    assert find(sotion_api, "a@webhook.example").blocked
+    assert [c.query["payment[payment_intent]"] for c in stripe.calls_to("/v1/invoice_payments")]
