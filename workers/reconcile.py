@@ -25,7 +25,8 @@ from bridge.events import EntitlementState
 from bridge.intake import Intake
 from bridge.sotion import SotionAPI
 from bridge.sources import Batch, Source
-from workers.bulk_sync import BulkSync, SyncReport
+from workers.bulk_sync import BulkSync
+from workers.bulk_writes import SyncReport
 from workers.lease import Lease, LeaseBusyError
 from workers.observe import Merger, Tally
 from workers.store import PREFIX, Store
