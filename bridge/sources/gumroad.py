@@ -47,24 +47,18 @@ from bridge.events import DisputeState, EntitlementState, MembershipEvent, parse
 from bridge.gumroad_api import GumroadAPI, GumroadNotFoundError
 from bridge.providers.gumroad import parse, sale_dispute, sale_state
 from bridge.sources import Batch, CursorError
+from bridge.sources.gumroad_pings import (
+    ended_event,
+    sale_ping,
+    subscriber_events,
+    text,
+)
 
 logger = logging.getLogger(__name__)
 
 PROVIDER = "gumroad"
-# Event ids made up for a listed fact no ping carries (workers/observe.py: never deduplicated).
-SYNTHETIC_PREFIX = "list:"
 # A sale's flags that describe its subscription now, not the charge itself.
 _SUBSCRIPTION_FLAGS = ("dead", "ended")
-# A subscriber's statuses that mean it is over, and the timestamp saying since when.
-_ENDED_STATUSES = {
-    "cancelled": "cancelled_at",
-    "failed_payment": "failed_at",
-    "fixed_subscription_period_ended": "ended_at",
-}
-# Gumroad's docs: terminated once any of these is set and in the past.
-_TERMINAL_STAMPS = ("ended_at", "failed_at", "cancelled_at")
-# Stands in for a subscriber with no email while the parser builds the event; removed after.
-_NO_EMAIL = "no-email@gumroad.invalid"
 # A buyer can dispute a charge for 120 days (the card networks' limit, Gumroad's own
 # EarlyFraudWarning::ELIGIBLE_DISPUTE_WINDOW_DURATION), and a refund of a charge older than
 # the subscription's newest one never ends it (refunds are dated by their charge). So a
@@ -153,14 +147,14 @@ class GumroadSource:
             return
         run.products = self._api.products()
         for product in run.products:
-            ident, custom = _text(product.get("id")), _text(product.get("custom_permalink"))
+            ident, custom = text(product.get("id")), text(product.get("custom_permalink"))
             if ident and custom:
                 run.permalinks[ident] = custom
 
     def _observe(
         self, run: _Run, sale: Mapping[str, Any], requested_at: float
     ) -> list[MembershipEvent]:
-        sale_id = _text(sale.get("id"))
+        sale_id = text(sale.get("id"))
         if sale_id is None or (self._seller_id and sale.get("seller_id") != self._seller_id):
             return []  # another seller's sale (a token of the wrong account)
         run.sales.add(sale_id)
@@ -175,7 +169,7 @@ class GumroadSource:
     def _sale_events(
         self, run: _Run, sale: Mapping[str, Any], requested_at: float
     ) -> list[MembershipEvent]:
-        payload = _ping(sale, run.permalinks)
+        payload = sale_ping(sale, run.permalinks)
         charge = {k: v for k, v in sale.items() if k not in _SUBSCRIPTION_FLAGS}
         state = sale_state(charge)  # a full refund ends the charge; partial ones do not
         resource = "refund" if state is EntitlementState.ENDED else "sale"
@@ -186,7 +180,7 @@ class GumroadSource:
             resource = "dispute_won" if dispute is DisputeState.WON else "dispute"
             (event,) = parse({**payload, "resource_name": resource})
             events.append(replace(event, state=None, dispute=dispute, occurred_at=requested_at))
-        subscription_id = _text(sale.get("subscription_id"))
+        subscription_id = text(sale.get("subscription_id"))
         if subscription_id is None:
             return events
         # Its first charge (!is_original_subscription_purchase?). A plan change makes a new
@@ -207,7 +201,7 @@ class GumroadSource:
                 "user_id": payload["purchaser_id"],
                 "purchase_ids": [payload["sale_id"]],
             }
-            events.append(_ended(ended, None, requested_at))
+            events.append(ended_event(ended, None, requested_at))
         return events
 
     def _subscriptions(self, run: _Run, known: set[str]) -> Iterator[Batch]:
@@ -228,7 +222,7 @@ class GumroadSource:
                 subscriber = self._api.find_subscriber(subscription_id)
                 events: tuple[MembershipEvent, ...] = ()
                 if subscriber is not None and subscription_id in status:
-                    events = _subscriber_events(subscriber, requested_at)
+                    events = subscriber_events(subscriber, requested_at)
                 if any(event.state is EntitlementState.ENDED for event in events):
                     run.ended.add(subscription_id)  # its charges' flags need not say it again
                 yield Batch(events, None, calls=self._api.calls - start)
@@ -243,7 +237,7 @@ class GumroadSource:
         if not isinstance(ids, list):
             return
         read = 0
-        for sale_id in (_text(ident) for ident in reversed(ids)):  # oldest first: reversed
+        for sale_id in (text(ident) for ident in reversed(ids)):  # oldest first: reversed
             if sale_id is None or sale_id in run.sales:
                 continue
             if read == CHARGES_PER_SUBSCRIPTION:
@@ -268,7 +262,7 @@ class GumroadSource:
         memberships = [
             ident
             for product in run.products or ()
-            if _membership(product) and (ident := _text(product.get("id")))
+            if _membership(product) and (ident := text(product.get("id")))
         ]
         if len(memberships) >= len(pending):
             return  # one call per product at least: reading each is no dearer
@@ -285,76 +279,12 @@ class GumroadSource:
                     subscribers, page_key = [], None  # deleted since the products call
                 spent += 1
                 for subscriber in subscribers:
-                    if (ident := _text(subscriber.get("id"))) in pending:
+                    if (ident := text(subscriber.get("id"))) in pending:
                         found[str(ident)] = subscriber
                         pending.discard(str(ident))
                 yield Batch((), None, calls=self._api.calls - start)
                 if page_key is None:
                     break
-
-
-def _ping(sale: Mapping[str, Any], permalinks: Mapping[str, str]) -> dict[str, Any]:
-    """The sale-style ping fields Gumroad would send for ``sale`` (Purchase::PingNotification)."""
-    product_id = _text(sale.get("product_id"))
-    unique = _text(sale.get("product_permalink"))  # the API's is the unique permalink
-    return {
-        "sale_id": sale.get("id"),
-        "sale_timestamp": sale.get("created_at"),
-        # The ping's email is the one typed at checkout, which the API calls purchase_email;
-        # the API's own `email` is the buyer's Gumroad account email when there is one.
-        "email": sale.get("purchase_email") or sale.get("email"),
-        "seller_id": sale.get("seller_id"),
-        "product_id": product_id,
-        "permalink": permalinks.get(product_id or "") or unique,  # general_permalink
-        "short_product_id": unique,
-        "subscription_id": sale.get("subscription_id"),
-        "full_name": sale.get("full_name"),
-        "purchaser_id": sale.get("purchaser_id"),
-        "test": sale.get("test"),
-        "disputed": sale.get("disputed"),
-        "dispute_won": sale.get("dispute_won"),
-    }
-
-
-def _subscriber_events(
-    subscriber: Mapping[str, Any], requested_at: float
-) -> tuple[MembershipEvent, ...]:
-    """ENDED when the subscriber is over, else nothing (alive or a pending cancellation)."""
-    stamps = {name: _text(subscriber.get(name)) for name in _TERMINAL_STAMPS}
-    past = sorted(
-        (at, stamp)
-        for stamp in stamps.values()
-        if stamp and (at := parse_timestamp(stamp)) is not None and at <= requested_at
-    )
-    status = str(subscriber.get("status"))
-    if status not in _ENDED_STATUSES and not past:
-        return ()
-    # The timestamp of the status's own reason, else the earliest that has passed.
-    stamp = stamps.get(_ENDED_STATUSES.get(status, "")) or (past[0][1] if past else None)
-    payload = {
-        "subscription_id": subscriber.get("id"),
-        "product_id": subscriber.get("product_id"),
-        # `email` is the subscription's (the ping's user_email); `user_email` the account's.
-        "user_email": subscriber.get("email") or subscriber.get("user_email"),
-        "user_id": subscriber.get("user_id"),
-        "purchase_ids": subscriber.get("purchase_ids") or [],
-    }
-    try:
-        return (_ended(payload, stamp, requested_at),)
-    except PayloadError as exc:
-        logger.warning("gumroad_subscriber_unreadable provider=gumroad error=%s", exc)
-        return ()
-
-
-def _ended(payload: dict[str, Any], stamp: str | None, requested_at: float) -> MembershipEvent:
-    """The subscription_ended ping's event, dated by ``stamp`` or else the request time."""
-    at = parse_timestamp(stamp) if stamp else None
-    if at is None or at > requested_at:
-        at, stamp = requested_at, datetime.fromtimestamp(requested_at, UTC).isoformat()
-    email = _text(payload.get("user_email"))
-    body = {**payload, "resource_name": "subscription_ended", "ended_at": stamp}
-    (event,) = parse({**body, "user_email": email or _NO_EMAIL})
-    return replace(event, event_id=SYNTHETIC_PREFIX + event.event_id, occurred_at=at, email=email)
 
 
 def _membership(product: Mapping[str, Any]) -> bool:
@@ -386,10 +316,3 @@ def _page_key(cursor: str | None) -> str | None:
     if not isinstance(data, dict) or not isinstance(data.get("page_key"), str):
         raise CursorError("not a Gumroad backfill cursor")
     return str(data["page_key"])
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        return None
-    text = str(value).strip()
-    return text or None

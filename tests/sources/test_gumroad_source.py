@@ -14,12 +14,8 @@ from bridge.gumroad_api import DEFAULT_REQUESTS_PER_MINUTE, GumroadAPI
 from bridge.ledger import Entitlement, merge
 from bridge.providers.gumroad import parse
 from bridge.sources import Batch
-from bridge.sources.gumroad import (
-    CHARGES_PER_SUBSCRIPTION,
-    DISPUTE_WINDOW_SECONDS,
-    GumroadSource,
-    _subscriber_events,
-)
+from bridge.sources.gumroad import CHARGES_PER_SUBSCRIPTION, DISPUTE_WINDOW_SECONDS, GumroadSource
+from bridge.sources.gumroad_pings import subscriber_events
 from bridge.sources.pacing import MAX_RATE_LIMITED_TRIES, Pacer, RateLimitExhaustedError
 from bridge.stripe_api import ProviderAPIError
 from tests.standins.gumroad import SELLER_ID, TOKEN, GumroadStandIn
@@ -511,7 +507,7 @@ def test_subscriber_without_an_email_ends_by_its_customer_id() -> None:
         "cancelled_at": None,
         "status": "cancelled",
     }
-    (event,) = _subscriber_events(subscriber, NOW.timestamp())
+    (event,) = subscriber_events(subscriber, NOW.timestamp())
     assert event.email is None
     assert event.customer == "5530311507811"
     assert event.entitlement == "gumroad:sub_GazW4_NBcQy-o7Gjjng7lw=="
