@@ -20,44 +20,26 @@ from __future__ import annotations
 import argparse
 import math
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import redis
 
+from bench.common import KEY, Recorder, sandbox
 from bridge.embedded import EmbeddedRedis
 from bridge.events import EntitlementState, MembershipEvent
 from bridge.intake import Intake
 from bridge.queues import bridge_queue
-from bridge.sandbox import SandboxConfig, SandboxServer
+from bridge.sandbox import SandboxServer
 from bridge.settings import Settings, retry_policy
 from bridge.sotion import NewMember, SotionClient
 from bridge.sources import Batch
 from workers import runtime as worker_runtime
 from workers.reconcile import Reconciler
 
-KEY = "so_bench"
 PAGE = 100
-
-
-class _Counter:
-    """WSGI middleware in front of the sandbox: counts requests by method and path."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.calls: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        path = environ["PATH_INFO"].removeprefix("/api/v1")
-        kind = "/members/{id}" if path.count("/") == 2 and path != "/members/bulk" else path
-        with self._lock:
-            self.calls[f"{environ['REQUEST_METHOD']} {kind}"] += 1
-        return self.app(environ, start_response)
 
 
 class _Listing:
@@ -91,12 +73,22 @@ def _buyer(index: int) -> MembershipEvent:
     )
 
 
-def _sandbox() -> tuple[SandboxServer, _Counter]:
+def _sandbox() -> tuple[SandboxServer, Recorder]:
     # A limit far above what one process sends: the bench measures calls, not waits.
-    server = SandboxServer(SandboxConfig(api_key=KEY, rate_limit="1000000/1"), port=0).start()
-    counter = _Counter(server.app.wsgi_app)
-    server.app.wsgi_app = counter  # type: ignore[method-assign]
-    return server, counter
+    return sandbox(rate_limit="1000000/1")
+
+
+def _kinds(recorder: Recorder) -> Counter[str]:
+    """The calls so far by method and path (member ids as ``{id}``)."""
+    return Counter(
+        f"{call.method} "
+        + (
+            "/members/{id}"
+            if call.path.count("/") == 2 and call.path != "/members/bulk"
+            else call.path
+        )
+        for call in recorder.snapshot()
+    )
 
 
 def _reconciler(
@@ -138,7 +130,7 @@ def _one_by_one(url: str, folder: Path, count: int) -> tuple[float, int]:
         reconciler.applier.apply(_buyer(index))
     elapsed = time.perf_counter() - started
     server.stop()
-    return elapsed, sum(counter.calls.values())
+    return elapsed, len(counter.snapshot())
 
 
 def _new_site(url: str, folder: Path, count: int) -> None:
@@ -147,12 +139,13 @@ def _new_site(url: str, folder: Path, count: int) -> None:
     started = time.perf_counter()
     report = reconciler.backfill(["stripe"])
     elapsed = time.perf_counter() - started
-    calls = sum(counter.calls.values())
+    kinds = _kinds(counter)
+    calls = sum(kinds.values())
     server.stop()
     bare = _bare(count)
     single, single_calls = _one_by_one(url, folder, count)
     print(f"1. {count:,} new members into an empty site")
-    print(f"   backfill: {calls} Sotion calls ({dict(counter.calls)}), goal <= 25")
+    print(f"   backfill: {calls} Sotion calls ({dict(kinds)}), goal <= 25")
     print(
         f"   backfill {elapsed:7.2f} s | same calls bare {bare:6.2f} s"
         f" | ratio {elapsed / bare:5.2f}x"
@@ -171,21 +164,23 @@ def _existing_site(url: str, folder: Path, existing: int, differ: int, new: int)
     api.bulk_create_members(
         NewMember(email=f"buyer{i:06d}@example.com", paid=i >= differ) for i in range(existing)
     )
-    counter.calls.clear()
+    counter.calls.clear()  # only the backfill's calls
     events = [_buyer(i) for i in range(existing + new)]
     reconciler = _reconciler(url, server, folder, events)
     started = time.perf_counter()
     reconciler.backfill(["stripe"])
     elapsed = time.perf_counter() - started
-    calls = sum(counter.calls.values())
+    kinds = _kinds(counter)
+    calls = sum(kinds.values())
     budget = math.ceil(existing / PAGE) + math.ceil(new / 500) + differ
     print(f"2. {existing:,} existing members ({differ:,} differ) and {new:,} new ones")
-    print(f"   backfill: {calls:,} Sotion calls ({dict(counter.calls)}); budget {budget:,}")
+    print(f"   backfill: {calls:,} Sotion calls ({dict(kinds)}); budget {budget:,}")
     print(f"   {elapsed:.2f} s")
     counter.calls.clear()
     reconciler.backfill(["stripe"])
-    writes = sum(n for kind, n in counter.calls.items() if not kind.startswith("GET"))
-    print(f"   run again: {writes} writes, {sum(counter.calls.values())} calls (list pages only)")
+    again = _kinds(counter)
+    writes = sum(n for kind, n in again.items() if not kind.startswith("GET"))
+    print(f"   run again: {writes} writes, {sum(again.values())} calls (list pages only)")
     api.close()
     server.stop()
 

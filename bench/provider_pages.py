@@ -76,11 +76,17 @@ def _stripe(count: int) -> None:
     _row("stripe", count, calls, math.ceil(count / 100) + 2, waits.seconds)
 
 
-def _lemonsqueezy(count: int) -> None:
-    standin = LemonSqueezyStandIn(LS_KEY, per_minute=1_000_000)
+def _lemonsqueezy_standin(count: int, per_minute: int) -> LemonSqueezyStandIn:
+    """A stand-in enforcing ``per_minute`` with ``count`` subscriptions (and their orders)."""
+    standin = LemonSqueezyStandIn(LS_KEY, per_minute=per_minute)
     variant = standin.add_variant()
     for index in range(count):
         standin.add_subscription(f"buyer{index}@example.com", variant_id=variant)
+    return standin
+
+
+def _lemonsqueezy(count: int) -> None:
+    standin = _lemonsqueezy_standin(count, per_minute=1_000_000)
     waits = _Counted()
     with StandInServer(standin.app) as server:
         api = LemonSqueezyAPI(LS_KEY, api_base=server.url, pacer=waits.pacer(300))
@@ -104,10 +110,7 @@ def _gumroad(count: int) -> None:
 
 
 def _paced_lemonsqueezy(count: int) -> None:
-    standin = LemonSqueezyStandIn(LS_KEY, per_minute=300)
-    variant = standin.add_variant()
-    for index in range(count):
-        standin.add_subscription(f"buyer{index}@example.com", variant_id=variant)
+    standin = _lemonsqueezy_standin(count, per_minute=300)
     with StandInServer(standin.app) as server:
         api = LemonSqueezyAPI(LS_KEY, api_base=server.url)
         started = time.perf_counter()

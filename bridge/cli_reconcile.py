@@ -70,8 +70,7 @@ def backfill(provider: str, dry_run: bool, adopt_paid: bool, restart: bool) -> N
     reconciler, providers, console = _prepare(provider)
     if restart and not dry_run:
         try:
-            for name in providers:
-                reconciler.redis.delete(f"bridge:backfill:cursor:{name}")
+            reconciler.restart(providers)
         except redis.RedisError as exc:
             raise click.ClickException(f"Redis is unreachable ({type(exc).__name__})") from exc
     _execute(

@@ -22,10 +22,9 @@ from urllib.parse import quote
 import requests
 
 from bridge.sources.pacing import (
-    MAX_RATE_LIMITED_TRIES,
     Pacer,
-    RateLimitExhaustedError,
-    backoff_seconds,
+    RateLimited,
+    paced_call,
 )
 from bridge.stripe_api import ProviderAPIError
 
@@ -154,19 +153,18 @@ class GumroadAPI:
 
     def _paced(self, path: str, params: dict[str, str | None], subject: str) -> dict[str, Any]:
         """One listing read at the pacer's rate, waiting out 429s, then giving up."""
-        for attempt in range(1, MAX_RATE_LIMITED_TRIES + 1):
-            self.pacer.wait()
+
+        def send() -> dict[str, Any]:
             self.calls += 1
             try:
                 return self._get(path, subject, params)
             except GumroadRateLimitedError as exc:
-                if attempt == MAX_RATE_LIMITED_TRIES:
-                    raise RateLimitExhaustedError(
-                        f"Gumroad kept answering 429 reading {subject} ({attempt} tries)"
-                    ) from exc
-                wait = exc.retry_after if exc.retry_after is not None else backoff_seconds(attempt)
-                self.pacer.hold(min(wait, MAX_RETRY_AFTER_SECONDS))
-        raise AssertionError("unreachable")  # the loop returns or raises
+                raise RateLimited(exc.retry_after) from exc
+
+        body, _ = paced_call(
+            self.pacer, send, f"Gumroad reading {subject}", max_wait=MAX_RETRY_AFTER_SECONDS
+        )
+        return body
 
     def _get(
         self, path: str, subject: str, params: dict[str, str | None] | None = None

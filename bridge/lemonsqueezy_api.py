@@ -20,10 +20,10 @@ from typing import Any
 import requests
 
 from bridge.sources.pacing import (
-    MAX_RATE_LIMITED_TRIES,
     Pacer,
+    RateLimited,
     RateLimitExhaustedError,
-    backoff_seconds,
+    paced_call,
 )
 from bridge.stripe_api import ProviderAPIError
 
@@ -102,21 +102,20 @@ class LemonSqueezyAPI:
         path = f"/v1/{collection}"
         label = f"{path}?page[number]={number}"
         params = {"page[number]": str(number), "page[size]": str(MAX_PAGE_SIZE)}
-        calls = limited = 0
-        while True:
-            self.pacer.wait()
-            calls += 1
+
+        def send() -> requests.Response:
             response = self._send(path, label, params)
-            if response.status_code != 429:
-                break
-            limited += 1
-            if limited >= MAX_RATE_LIMITED_TRIES:
-                log.warning("lemonsqueezy rate limit exhausted path=%s tries=%s", label, limited)
-                raise RateLimitExhaustedError(
-                    f"Lemon Squeezy API GET {label} answered 429 {limited} times in a row"
-                )
-            wait = _retry_after(response)
-            self.pacer.hold(backoff_seconds(limited) if wait is None else wait)
+            if response.status_code == 429:
+                raise RateLimited(_retry_after(response))
+            return response
+
+        try:
+            response, calls = paced_call(
+                self.pacer, send, f"Lemon Squeezy API GET {label}", max_wait=MAX_RETRY_AFTER_SECONDS
+            )
+        except RateLimitExhaustedError:
+            log.warning("lemonsqueezy rate limit exhausted path=%s", label)
+            raise
         if not 200 <= response.status_code < 300:
             raise _api_error(label, response)
         self._follow_limit(response)

@@ -13,6 +13,7 @@ QUEUE_NAME = "bridge"
 # The dotted path of the job function; web never imports workers.
 APPLY_EVENT_JOB = "workers.jobs.apply_membership_event"
 RESYNC_JOB = "workers.jobs.resync_member"
+RECONCILE_JOB = "workers.jobs.reconcile_providers"
 # Seconds one job may run before RQ considers it stuck.
 JOB_TIMEOUT = 180
 # Finished jobs are kept a week for inspection; failed ones a year (RQ's default).

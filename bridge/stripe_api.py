@@ -26,10 +26,10 @@ from typing import Any
 import stripe
 
 from bridge.sources.pacing import (
-    MAX_RATE_LIMITED_TRIES,
     Pacer,
+    RateLimited,
     RateLimitExhaustedError,
-    backoff_seconds,
+    paced_call,
 )
 
 log = logging.getLogger(__name__)
@@ -193,26 +193,25 @@ class StripeAPI:
         query = {**params, "limit": MAX_PAGE_SIZE}
         if starting_after:
             query["starting_after"] = starting_after
-        calls = limited = 0
-        while True:
-            self.pacer.wait()
-            requested_at = clock()
-            calls += 1
+        requested_at = 0.0  # set by each try, before its request
+
+        def send() -> Any:
+            nonlocal requested_at
+            requested_at = clock()  # just before the request that is answered
             try:
-                page = method(*args, query)
+                return method(*args, query)
             except stripe.RateLimitError as exc:
-                limited += 1
-                if limited >= MAX_RATE_LIMITED_TRIES:
-                    log.warning("stripe rate limit exhausted path=%s tries=%s", path, limited)
-                    raise RateLimitExhaustedError(
-                        f"Stripe API GET {path} answered 429 {limited} times in a row"
-                    ) from exc
                 # Stripe's 429 names no time to come back: back off, jittered.
-                self.pacer.hold(backoff_seconds(limited))
-                continue
+                raise RateLimited() from exc
             except stripe.StripeError as exc:
                 raise _api_error(exc, path) from exc
-            return _page(path, page.to_dict(), requested_at, calls)
+
+        try:
+            page, calls = paced_call(self.pacer, send, f"Stripe API GET {path}")
+        except RateLimitExhaustedError:
+            log.warning("stripe rate limit exhausted path=%s", path)
+            raise
+        return _page(path, page.to_dict(), requested_at, calls)
 
     @staticmethod
     def _call(method: Any, object_id: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from bridge.events import EntitlementState, MembershipEvent, unusable_reason
 from bridge.intake import Intake
 from bridge.ledger import Entitlement, record
+from bridge.sources import SYNTHETIC_PREFIX
 from bridge.stripe_api import ProviderAPIError
 from workers import store as store_module
 from workers.resolve import Resolver, UnresolvedError
@@ -34,9 +35,6 @@ log = logging.getLogger(__name__)
 # queued and name another login (Lemon Squeezy's sotion_email is in webhooks only): a
 # listing that claimed it first would give it to the buyer's own email.
 SETTLE_SECONDS = 600
-# Event ids a source made up for a listed object (no webhook carries them): merged on
-# their own merits, never deduplicated, so a state that comes back is seen again.
-SYNTHETIC_PREFIX = "list:"
 
 Item = tuple[str | None, MembershipEvent]
 
@@ -230,20 +228,9 @@ class Merger:
         saves: dict[tuple[str, str], Entitlement] = {}
         deletes: list[tuple[str, str]] = []
         for email, items in mine.items():
-            ledger = ledgers[email]
-            for key, event in items:
-                if key is None or not event.changes_entitlement:
-                    continue
-                merged, folded = record(ledger, key, _unmoved(ledger.get(key), event))
-                for other in folded:
-                    ledger.pop(other, None)
-                    saves.pop((email, other), None)
-                    deletes.append((email, other))
-                if merged is not None:
-                    ledger[key] = merged
-                    saves[(email, key)] = merged
-                    tally.merged += 1
-                    tally.changed_emails.add(email)
+            changed, gone = _fold(ledgers[email], email, items, tally)
+            saves.update(((email, key), entitlement) for key, entitlement in changed.items())
+            deletes.extend((email, key) for key in gone)
         self.store.write_ledgers(
             ((email, entitlement) for (email, _), entitlement in saves.items()), deletes
         )
@@ -256,19 +243,33 @@ class Merger:
         return dict(elsewhere)
 
     def _merge_dry(self, email: str, items: list[Item], tally: Tally) -> None:
-        ledger = self.overlay.setdefault(email, self.store.entitlements(email))
-        for key, event in items:
+        for _, event in items:
             if event.display_name:
                 tally.display_names[email] = event.display_name
-            if key is None or not event.changes_entitlement:
-                continue
-            merged, folded = record(ledger, key, _unmoved(ledger.get(key), event))
-            for other in folded:
-                ledger.pop(other, None)
-            if merged is not None:
-                ledger[key] = merged
-                tally.merged += 1
-                tally.changed_emails.add(email)
+        _fold(self.overlay.setdefault(email, self.store.entitlements(email)), email, items, tally)
+
+
+def _fold(
+    ledger: dict[str, Entitlement], email: str, items: list[Item], tally: Tally
+) -> tuple[dict[str, Entitlement], list[str]]:
+    """Record one email's observations in ``ledger`` (in place): the entitlements that
+    changed, by key, and the keys folded into others (to delete)."""
+    changed: dict[str, Entitlement] = {}
+    gone: list[str] = []
+    for key, event in items:
+        if key is None or not event.changes_entitlement:
+            continue
+        merged, folded = record(ledger, key, _unmoved(ledger.get(key), event))
+        for other in folded:
+            ledger.pop(other, None)
+            changed.pop(other, None)
+            gone.append(other)
+        if merged is not None:
+            ledger[key] = merged
+            changed[key] = merged
+            tally.merged += 1
+            tally.changed_emails.add(email)
+    return changed, gone
 
 
 def _unmoved(held: Entitlement | None, event: MembershipEvent) -> MembershipEvent:

@@ -182,9 +182,10 @@ class Reconciler:
         value = self.redis.get(_last_key(provider))
         return float(value) if value is not None else None
 
-    def unknown(self, providers: Iterable[str]) -> list[str]:
-        """The providers asked for that have no API key configured."""
-        return [p for p in providers if p not in self.sources]
+    def restart(self, providers: Iterable[str]) -> None:
+        """Forget where interrupted backfills stopped: the next one starts over."""
+        for provider in providers:
+            self.redis.delete(_cursor_key(provider))
 
     def _run(
         self,
@@ -215,7 +216,7 @@ class Reconciler:
             for provider in providers:
                 tally = Tally()
                 source = self.sources[provider]
-                settle = bool(getattr(source, "dated_by_objects", False))
+                settle = source.dated_by_objects
                 batches, resumed = listing(provider, source)
                 calls = 0
                 held_back = 0

@@ -20,12 +20,13 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.utils import as_text
 
+from bridge.queues import RECONCILE_JOB
+
 log = logging.getLogger(__name__)
 
 RECONCILE_JOB_PREFIX = "bridge-reconcile-"
 # The id of the reconcile job scheduled last.
 NEXT_KEY = "bridge:reconcile:next"
-RECONCILE_JOB = "workers.jobs.reconcile_providers"
 # A reconcile of a large site may take long: RQ stops a job that runs past this.
 RECONCILE_TIMEOUT_SECONDS = 3600
 # The last runs' results are kept this long for `bridge jobs` and the admin page.

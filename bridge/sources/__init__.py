@@ -18,6 +18,11 @@ from typing import Protocol
 
 from bridge.events import MembershipEvent
 
+# The event ids a source makes up for a listed object no webhook carries: merged on their
+# own merits and never deduplicated (workers/observe.py), so a state that comes back is
+# seen again.
+SYNTHETIC_PREFIX = "list:"
+
 
 class CursorError(ValueError):
     """A saved backfill cursor this source did not make (``bridge backfill --restart``)."""

@@ -16,11 +16,10 @@ from typing import Any
 from bridge.errors import PayloadError
 from bridge.events import MembershipEvent, parse_timestamp
 from bridge.providers.gumroad import parse
+from bridge.sources import SYNTHETIC_PREFIX
 
 logger = logging.getLogger(__name__)
 
-# Event ids made up for a listed fact no ping carries (workers/observe.py: never deduplicated).
-SYNTHETIC_PREFIX = "list:"
 # A subscriber's statuses that mean it is over, and the timestamp saying since when.
 _ENDED_STATUSES = {
     "cancelled": "cancelled_at",

@@ -6,6 +6,9 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # Waits after a 429 that says nothing about when to come back: 1, 2, 4 ... up to 60 s.
 BACKOFF_BASE_SECONDS = 1.0
@@ -18,6 +21,14 @@ class RateLimitExhaustedError(Exception):
     """The provider kept answering 429 through every back-off; try the run again later."""
 
     retryable = True
+
+
+class RateLimited(Exception):
+    """What a send function raises for a 429; ``retry_after``: the wait asked for, if any."""
+
+    def __init__(self, retry_after: float | None = None) -> None:
+        super().__init__("429")
+        self.retry_after = retry_after
 
 
 class Pacer:
@@ -56,6 +67,27 @@ class Pacer:
             self._sleep(seconds)
             self.waited += seconds
             self._next = max(self._next, self._clock() + self.interval)
+
+
+def paced_call(
+    pacer: Pacer, send: Callable[[], T], what: str, *, max_wait: float = BACKOFF_MAX_SECONDS
+) -> tuple[T, int]:
+    """``send()`` at the pacer's rate, its 429s (``RateLimited``) waited out: the wait the
+    provider asked for (capped at ``max_wait``), else a jittered back-off. Returns the
+    result and the calls made; RateLimitExhaustedError after MAX_RATE_LIMITED_TRIES 429s
+    in a row (``what`` names the call in its message)."""
+    for attempt in range(1, MAX_RATE_LIMITED_TRIES + 1):
+        pacer.wait()
+        try:
+            return send(), attempt
+        except RateLimited as exc:
+            if attempt == MAX_RATE_LIMITED_TRIES:
+                raise RateLimitExhaustedError(
+                    f"{what} answered 429 {attempt} times in a row"
+                ) from exc
+            wait = exc.retry_after if exc.retry_after is not None else backoff_seconds(attempt)
+            pacer.hold(min(wait, max_wait))
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def backoff_seconds(attempt: int, *, rng: Callable[[], float] = random.random) -> float:

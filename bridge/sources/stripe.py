@@ -40,7 +40,7 @@ from typing import Any
 from bridge.errors import PayloadError
 from bridge.events import EntitlementState, MembershipEvent
 from bridge.providers import stripe as stripe_provider
-from bridge.sources import Batch, CursorError
+from bridge.sources import SYNTHETIC_PREFIX, Batch, CursorError
 from bridge.stripe_api import (
     ListPage,
     ProviderAPIError,
@@ -80,7 +80,6 @@ RETENTION_MARGIN_SECONDS = 86400
 # The listings a backfill walks through, in order.
 LISTINGS = ("subscriptions", "checkout_sessions", "disputes")
 # Event ids a source makes up start so (workers/observe.py never dedupes them).
-_SYNTHETIC = "list:"
 # A dispute in one of these statuses is decided: Stripe sent `charge.dispute.closed` for it.
 _CLOSED_DISPUTES = frozenset({"won", "lost", "warning_closed", "prevented"})
 # A PaymentIntent back in one of these after a delayed payment failed: the purchase failed.
@@ -253,7 +252,7 @@ def _checkout(
     suffix = state.value if state is not None else "none"
     return dataclasses.replace(
         event,
-        event_id=f"{_SYNTHETIC}{session.get('id')}:{suffix}",
+        event_id=f"{SYNTHETIC_PREFIX}{session.get('id')}:{suffix}",
         state=state,
         products=products or event.products,
     )
@@ -292,7 +291,7 @@ def _as_webhook(
 ) -> MembershipEvent:
     """The webhook parser's event for ``obj`` in a ``kind`` envelope dated ``requested_at``."""
     envelope = {
-        "id": f"{_SYNTHETIC}{snapshot}",
+        "id": f"{SYNTHETIC_PREFIX}{snapshot}",
         "object": "event",
         "type": kind,
         # Stripe's events carry whole seconds: a change made in the second of the read,

@@ -19,6 +19,7 @@ from click.testing import CliRunner, Result
 from flask import Flask, Response, request
 
 from bridge.cli import main
+from bridge.sotion import Member, SotionClient
 from tests.conftest import SANDBOX_KEY
 from tests.standins.gumroad import TOKEN as GUMROAD_TOKEN
 from tests.standins.server import StandInServer
@@ -188,3 +189,9 @@ class Outage:
 def list_calls(calls: list[Any], path: str) -> list[tuple[int, int]]:
     """(page number, status) of every Lemon Squeezy list call to ``path``, in order."""
     return [(int(c.query.get("page[number]", "1")), c.status) for c in calls if c.path == path]
+
+
+def find(sotion_api: SotionClient, email: str) -> Member:
+    member = sotion_api.find_member_by_email(email)
+    assert member is not None, f"no Sotion member {email}"
+    return member

@@ -37,7 +37,7 @@ from tests.reconcile.providers import (
     Bridge,
     Clock,
     Outage,
-    base_env,
+    find,
     gumroad_env,
     lemonsqueezy_env,
     list_calls,
@@ -73,54 +73,6 @@ ORDER_PAID = {
     "refunded": False,
     "fraudulent": False,
 }
-
-
-# -- fixtures ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def bridge(redis_url: str, redis_conn: redis.Redis, sotion: SandboxServer) -> Bridge:
-    """The `bridge` command line, wired to the test Redis (flushed) and the sandbox."""
-    return Bridge(base_env(redis_url, sotion.url))
-
-
-@pytest.fixture
-def lemonsqueezy() -> LemonSqueezyStandIn:
-    return LemonSqueezyStandIn(LEMONSQUEEZY_KEY)
-
-
-@pytest.fixture
-def ls_server(lemonsqueezy: LemonSqueezyStandIn) -> Iterator[StandInServer]:
-    with StandInServer(lemonsqueezy.app) as server:
-        yield server
-
-
-@pytest.fixture
-def gumroad() -> GumroadStandIn:
-    return GumroadStandIn()
-
-
-@pytest.fixture
-def gumroad_server(gumroad: GumroadStandIn) -> Iterator[StandInServer]:
-    with StandInServer(gumroad.app) as server:
-        yield server
-
-
-@pytest.fixture
-def stripe_clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def stripe(stripe_clock: Clock) -> StripeStandIn:
-    """Stripe's objects; events are dated in whole seconds of ``stripe_clock``."""
-    return StripeStandIn(clock=stripe_clock)
-
-
-@pytest.fixture
-def stripe_server(stripe: StripeStandIn) -> Iterator[StandInServer]:
-    with StandInServer(stripe.app) as server:
-        yield server
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -159,12 +111,6 @@ def member_path(member: Member) -> str:
 def state(sotion_api: SotionClient) -> dict[str, tuple[bool | None, str]]:
     """Every member's (paid, status)."""
     return {m.email: (m.paid, m.status) for m in sotion_api.iter_members()}
-
-
-def find(sotion_api: SotionClient, email: str) -> Member:
-    member = sotion_api.find_member_by_email(email)
-    assert member is not None, f"no Sotion member {email}"
-    return member
 
 
 def bridge_keys(connection: redis.Redis, *patterns: str) -> list[bytes]:

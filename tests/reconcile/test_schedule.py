@@ -8,11 +8,12 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from bridge.queues import RECONCILE_JOB
 from bridge.sotion import SotionClient
 from tests.conftest import drain
 from tests.reconcile.scripted import ScriptedSource, observed
 from workers import runtime as worker_runtime
-from workers.schedule import RECONCILE_JOB, current_job, ensure_scheduled
+from workers.schedule import current_job, ensure_scheduled
 
 RECONCILE_JOB_ID = "bridge-reconcile-test"
 

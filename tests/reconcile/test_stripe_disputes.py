@@ -11,7 +11,6 @@ the Stripe stand-in, a real Redis and the Sotion sandbox.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,38 +18,15 @@ import redis
 from rq import Queue
 
 from bridge.app import create_app
-from bridge.sandbox import SandboxServer
 from bridge.settings import Settings
-from bridge.sotion import Member, SotionClient
+from bridge.sotion import SotionClient
 from tests.conftest import drain
-from tests.reconcile.providers import STRIPE_KEY, Bridge, Clock, base_env, stripe_env
+from tests.reconcile.providers import STRIPE_KEY, Bridge, Clock, find, stripe_env
 from tests.standins.server import StandInServer
 from tests.standins.stripe import MONTHLY, ONE_TIME, StripeStandIn
 from tests.test_stripe_flow import post
 from workers import runtime as worker_runtime
 from workers.store import Store
-
-
-@pytest.fixture
-def bridge(redis_url: str, redis_conn: redis.Redis, sotion: SandboxServer) -> Bridge:
-    """The `bridge` command line, wired to the test Redis (flushed) and the sandbox."""
-    return Bridge(base_env(redis_url, sotion.url))
-
-
-@pytest.fixture
-def stripe_clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def stripe(stripe_clock: Clock) -> StripeStandIn:
-    return StripeStandIn(clock=stripe_clock)
-
-
-@pytest.fixture
-def stripe_server(stripe: StripeStandIn) -> Iterator[StandInServer]:
-    with StandInServer(stripe.app) as server:
-        yield server
 
 
 @pytest.fixture
@@ -63,12 +39,6 @@ def products(tmp_path: Path) -> Path:
         encoding="utf-8",
     )
     return path
-
-
-def find(sotion_api: SotionClient, email: str) -> Member:
-    member = sotion_api.find_member_by_email(email)
-    assert member is not None, f"no Sotion member {email}"
-    return member
 
 
 def test_a_backfilled_dispute_of_a_renewal_blocks_the_subscriber_with_a_products_file(

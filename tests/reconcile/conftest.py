@@ -1,0 +1,61 @@
+"""Fixtures of the reconcile tests: the `bridge` command line and the providers' stand-ins
+on real sockets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from bridge.sandbox import SandboxServer
+from tests.reconcile.providers import LEMONSQUEEZY_KEY, Bridge, Clock, base_env
+from tests.standins.gumroad import GumroadStandIn
+from tests.standins.lemonsqueezy import LemonSqueezyStandIn
+from tests.standins.server import StandInServer
+from tests.standins.stripe import StripeStandIn
+
+
+@pytest.fixture
+def bridge(redis_url: str, redis_conn: redis.Redis, sotion: SandboxServer) -> Bridge:
+    """The `bridge` command line, wired to the test Redis (flushed) and the sandbox."""
+    return Bridge(base_env(redis_url, sotion.url))
+
+
+@pytest.fixture
+def lemonsqueezy() -> LemonSqueezyStandIn:
+    return LemonSqueezyStandIn(LEMONSQUEEZY_KEY)
+
+
+@pytest.fixture
+def ls_server(lemonsqueezy: LemonSqueezyStandIn) -> Iterator[StandInServer]:
+    with StandInServer(lemonsqueezy.app) as server:
+        yield server
+
+
+@pytest.fixture
+def gumroad() -> GumroadStandIn:
+    return GumroadStandIn()
+
+
+@pytest.fixture
+def gumroad_server(gumroad: GumroadStandIn) -> Iterator[StandInServer]:
+    with StandInServer(gumroad.app) as server:
+        yield server
+
+
+@pytest.fixture
+def stripe_clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def stripe(stripe_clock: Clock) -> StripeStandIn:
+    """Stripe's objects; events are dated in whole seconds of ``stripe_clock``."""
+    return StripeStandIn(clock=stripe_clock)
+
+
+@pytest.fixture
+def stripe_server(stripe: StripeStandIn) -> Iterator[StandInServer]:
+    with StandInServer(stripe.app) as server:
+        yield server
