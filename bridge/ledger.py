@@ -215,3 +215,13 @@ def _wins(at: float, precedence: int, held_at: float, held_precedence: int) -> b
     if at != held_at:
         return at > held_at
     return precedence >= held_precedence
+
+
+def recorded(
+    ledger: Mapping[str, Entitlement], merged: Entitlement | None, folded: tuple[str, ...]
+) -> dict[str, Entitlement]:
+    """The ledger once :func:`record`'s result is stored."""
+    result = {key: value for key, value in ledger.items() if key not in folded}
+    if merged is not None:
+        result[merged.key] = merged
+    return result

@@ -110,6 +110,37 @@ def grants_access(entitlement: Entitlement, policy: Policy, now: float | None = 
     return now < entitlement.occurred_at + policy.past_due_grace_seconds
 
 
+def newly_grants(
+    before: Entitlement | None, after: Entitlement | None, policy: Policy, now: float
+) -> bool:
+    """Whether recording an event made the entitlement give access it did not give before
+    (a purchase, a subscription back from its end): what it grants is granted again, even
+    where the member was changed by hand since the bridge last wrote it."""
+    if after is None or not grants_access(after, policy, now):
+        return False
+    return before is None or not grants_access(before, policy, now)
+
+
+def reasserted(
+    member: MemberSnapshot,
+    desired: DesiredMember,
+    *,
+    bridge_paid: bool,
+    bridge_groups: frozenset[str],
+) -> MemberSnapshot:
+    """The member with what the bridge granted and still grants taken as not there, so a
+    new grant writes it again (a ``paid`` or a group the bridge gave and someone took back).
+
+    What the member had before the bridge (a comp, a group added by hand) is left as it is:
+    a purchase does not make it the bridge's.
+    """
+    return MemberSnapshot(
+        paid=member.paid and not (desired.paid and bridge_paid),
+        blocked=member.blocked,
+        groups=member.groups - (desired.groups & bridge_groups),
+    )
+
+
 def desired_member(
     entitlements: Iterable[Entitlement],
     policy: Policy,

@@ -28,8 +28,8 @@ INTERVALS = [60, 120, 240]
 class ShuttingDownClient(SotionClient):
     """A Sotion client whose worker is told to stop in the middle of its first call."""
 
-    def find_member_by_email(self, email: str) -> Member | None:
-        """What the work horse's signal handler raises once the shutdown grace is over."""
+    def create_member(self, email: str, **fields: Any) -> Member:
+        """What the worker's signal handler raises once the shutdown grace is over."""
         raise ShutDownImminentException("shut down imminent (signal: SIGTERM)", {})
 
 
@@ -39,7 +39,7 @@ def stopping(
 ) -> Iterator[worker_runtime.Runtime]:
     """The worker runtime, its Sotion calls interrupted by a shutdown."""
     interrupted = ShuttingDownClient.connect(sotion.url, SANDBOX_KEY)
-    monkeypatch.setattr(runtime.applier, "sotion", interrupted)
+    monkeypatch.setattr(runtime.applier.writer, "sotion", interrupted)
     yield runtime
     interrupted.close()
 

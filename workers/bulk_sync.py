@@ -119,8 +119,8 @@ class BulkSync:
     ) -> Target | None:
         """The member's plan against the listing; None when nothing is to be written.
 
-        Nothing is stored here but a member's id: the record may be stale until the
-        email's lock is held (``report`` None: planning again under the lock).
+        Nothing is stored here but a member's id and state as listed: the record may be
+        stale until the email's lock is held (``report`` None: planning again under it).
         """
         # By the id the bridge knows first: a member may have changed their login email.
         member = self._site.member(email, record.id)
@@ -141,10 +141,20 @@ class BulkSync:
             policy=self.applier.policy,
         )
         if plan.empty and adopted is None:
-            if member is not None and record.id != member.id and not self.dry_run:
-                self.store.save_member_id(email, member.id)
+            seen = self._site.snapshot(member)
+            if (
+                member is not None
+                and seen is not None
+                and (record.id, record.seen) != (member.id, seen)
+                and report is not None
+                and not self.dry_run
+            ):
+                # What jobs plan against is what this listing saw (drift made by hand),
+                # unless a job wrote the member since the record was read (the listing is
+                # older than what it wrote); never from a replan, whose record is newer.
+                self.store.save_member_seen(email, member.id, seen, read_before=record)
             return None
-        return Target(email, member, plan, adopted)
+        return Target(email, member, plan, adopted, seen=self._site.snapshot(member))
 
     def _adopt(
         self, desired: DesiredMember, member: Member | None, record: MemberRecord

@@ -15,13 +15,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from bridge.membership import Plan
+from bridge.membership import MemberSnapshot, Plan
 from bridge.redact import mask_email, redact
 from bridge.sotion import Member, NewMember, RateLimitedError, SotionAPI, SotionError
 from workers import store as store_module
 from workers.lease import LeaseBusyError, LeaseLostError, LeaseSet
+from workers.member_writes import claimed, snapshot
 from workers.store import MemberRecord, Store
-from workers.sync import Applier, claimed
+from workers.sync import Applier
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Target:
     member: Member | None
     plan: Plan
     adopted: MemberRecord | None = None  # --adopt-paid: the record to store under the lock
+    seen: MemberSnapshot | None = None  # the member as the listing shows it
 
 
 # Plans the targets again under their locks: (those to write, those the listing missed).
@@ -100,7 +102,7 @@ class BulkWriter:
                     # The bridge made this member after the listing: the one-member path
                     # looks it up again (under the lock held here).
                     guard = _guard(locks, self.store.lock_key(email))
-                    write_one = partial(self.applier.sync_member, email, guard=guard)
+                    write_one = partial(self.applier.sync_member, email, guard=guard, fresh=True)
                     self.each(email, report, write_one)
                 write(planned, locks)
             pending = [t for t in pending if self.store.lock_key(t.email) not in locks.held]
@@ -153,7 +155,7 @@ class BulkWriter:
                 self.each(
                     target.email,
                     report,
-                    partial(self.applier.sync_member, target.email, guard=guard),
+                    partial(self.applier.sync_member, target.email, guard=guard, fresh=True),
                     done=("create:conflict",),
                 )
             else:
@@ -174,12 +176,14 @@ class BulkWriter:
         """After a bulk create: the member's record to store, or None when a patch had to
         follow (a block: a disputed first purchase), which stores its own."""
         plan = target.plan
+        created = snapshot(member, groups=plan.add_groups)
         record = replace(
             record,
             id=member.id,
             bridge_blocked=False,
             bridge_paid=plan.bridge_paid,
             groups=record.groups | plan.add_groups,
+            seen=created,
         )
         actions = [f"create:paid={plan.bridge_paid}"]
         actions += [f"add-group:{g}" for g in sorted(plan.add_groups)]
@@ -193,7 +197,9 @@ class BulkWriter:
         self.each(
             target.email,
             report,
-            lambda: self.applier.carry_out(target.email, member, record, rest, guard, made=True),
+            lambda: self.applier.writer.change(
+                target.email, member.id, created, record, rest, guard, made=True
+            ),
             done=tuple(actions),
         )
         return None
@@ -201,12 +207,18 @@ class BulkWriter:
     def update(self, targets: list[Target], locks: LeaseSet, report: SyncReport) -> None:
         records = self.store.member_records([t.email for t in targets])
         for target in targets:
-            if target.member is None:
+            if target.member is None or target.seen is None:
                 continue
-            record = replace(records[target.email], id=target.member.id)
+            record = replace(records[target.email], id=target.member.id, seen=target.seen)
             guard = _guard(locks, self.store.lock_key(target.email))
             write = partial(
-                self.applier.carry_out, target.email, target.member, record, target.plan, guard
+                self.applier.writer.change,
+                target.email,
+                target.member.id,
+                target.seen,
+                record,
+                target.plan,
+                guard,
             )
             self.each(target.email, report, write)
 

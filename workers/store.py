@@ -3,7 +3,8 @@
 Keys (all under ``bridge:``):
 - ``ledger:{email}``: hash, entitlement key -> Entitlement JSON
 - ``member:{email}``: hash, ``id`` (cached Sotion id), ``bridge_blocked``, ``bridge_paid``,
-  ``groups``: what the bridge knows about the member and which of its fields it set
+  ``groups``: which of the member's fields the bridge set; ``seen``: the member (paid,
+  blocked, groups) as the bridge last read or wrote it, which jobs plan against
 - ``email:{provider}:{ref}``: the email a customer/charge/invoice id belongs to
 - ``owner:{entitlement}``: the email whose ledger holds an entitlement (fixed at first sight)
 - ``entitlement:{provider}:{ref}``: the entitlement a payment/charge/invoice belongs to
@@ -23,6 +24,7 @@ from rq.utils import as_text
 
 from bridge.events import MembershipEvent
 from bridge.ledger import Entitlement
+from bridge.membership import MemberSnapshot
 from bridge.redact import mask_email
 from workers.lease import Lease, LeaseSet
 
@@ -57,6 +59,44 @@ class MemberRecord:
     bridge_blocked: bool = False  # the member's block was made by the bridge
     bridge_paid: bool = False  # the member's paid=true was made by the bridge
     groups: frozenset[str] = frozenset()  # access groups the bridge added
+    # The member as the bridge last read or wrote it (None: not known; read before planning).
+    seen: MemberSnapshot | None = None
+
+
+# Claim an entitlement's owner (the first email recorded for it) and learn the event's
+# aliases for that owner, in one round trip. KEYS[1] the owner key (or "" for none),
+# KEYS[2..n+1] email aliases, the rest entitlement aliases; ARGV: email, entitlement, ttl, n.
+_CLAIM_AND_LEARN = """
+local email = ARGV[1]
+if KEYS[1] ~= '' then
+  redis.call('SET', KEYS[1], email, 'NX', 'EX', ARGV[3])
+  email = redis.call('GET', KEYS[1]) or email
+end
+local aliases = tonumber(ARGV[4])
+for i = 2, #KEYS do
+  if i <= aliases + 1 then
+    redis.call('SET', KEYS[i], email, 'EX', ARGV[3])
+  else
+    redis.call('SET', KEYS[i], ARGV[2], 'EX', ARGV[3])
+  end
+end
+return email
+"""
+
+
+# Store a listing's view of a member only if the record's id and seen are still what they
+# were before the listing; a new record claims nothing. KEYS[1] the member hash; ARGV: the
+# id and seen read before ("" for none), the id and seen to store.
+_SAVE_SEEN = """
+local id = redis.call('HGET', KEYS[1], 'id') or ''
+local seen = redis.call('HGET', KEYS[1], 'seen') or ''
+if id ~= ARGV[1] or seen ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'id', ARGV[3], 'seen', ARGV[4])
+redis.call('HSETNX', KEYS[1], 'bridge_blocked', '0')
+redis.call('HSETNX', KEYS[1], 'bridge_paid', '0')
+redis.call('HSETNX', KEYS[1], 'groups', '[]')
+return 1
+"""
 
 
 class Store:
@@ -64,21 +104,34 @@ class Store:
 
     def __init__(self, connection: redis.Redis) -> None:
         self.redis = connection
+        self._claim_and_learn = connection.register_script(_CLAIM_AND_LEARN)
+        self._save_seen = connection.register_script(_SAVE_SEEN)
 
     # -- ledger --------------------------------------------------------------------
 
     def entitlements(self, email: str) -> dict[str, Entitlement]:
         """Every entitlement of an email, by key."""
-        raw = self.redis.hgetall(f"{PREFIX}ledger:{email}")
-        return {
-            as_text(key): Entitlement.from_json(json.loads(value)) for key, value in raw.items()
-        }
+        return _ledger(self.redis.hgetall(f"{PREFIX}ledger:{email}"))
 
     def save_entitlement(self, email: str, entitlement: Entitlement) -> None:
         """Store one entitlement (the caller holds the email's lock)."""
         self.redis.hset(
             f"{PREFIX}ledger:{email}", entitlement.key, json.dumps(entitlement.to_json())
         )
+
+    def member_state(self, email: str) -> tuple[dict[str, Entitlement], MemberRecord]:
+        """The email's ledger and member record, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(f"{PREFIX}ledger:{email}")
+        pipe.hgetall(f"{PREFIX}member:{email}")
+        ledger, record = pipe.execute()
+        return _ledger(ledger), _member_record(record)
+
+    def write_ledger(
+        self, email: str, saves: Iterable[Entitlement], deletes: Iterable[str]
+    ) -> None:
+        """Store and drop entitlements of one email, in one round trip (lock held)."""
+        self.write_ledgers(((email, e) for e in saves), ((email, key) for key in deletes))
 
     def ledger_emails(self) -> set[str]:
         """Every email that has a ledger (one SCAN; no index to keep in step)."""
@@ -93,12 +146,7 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         for email in emails:
             pipe.hgetall(f"{PREFIX}ledger:{email}")
-        return {
-            email: {
-                as_text(key): Entitlement.from_json(json.loads(value)) for key, value in raw.items()
-            }
-            for email, raw in zip(emails, pipe.execute(), strict=True)
-        }
+        return {email: _ledger(raw) for email, raw in zip(emails, pipe.execute(), strict=True)}
 
     def delete_entitlement(self, email: str, key: str) -> None:
         """Drop an entitlement folded into another (the caller holds the email's lock)."""
@@ -114,23 +162,36 @@ class Store:
         """:meth:`learn` for many events, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for event, email, entitlement in items:
-            refs = dict(event.refs)
             if email is not None:
-                if event.customer:
-                    pipe.set(
-                        self.email_key(event.provider, event.customer), email, ex=ALIAS_TTL_SECONDS
-                    )
-                for ref in refs.values():
-                    pipe.set(self.email_key(event.provider, ref), email, ex=ALIAS_TTL_SECONDS)
+                for key in self._email_aliases(event):
+                    pipe.set(key, email, ex=ALIAS_TTL_SECONDS)
             if entitlement is not None:
-                for name in PAYMENT_REFS:
-                    if name in refs:
-                        pipe.set(
-                            self._entitlement_key(event.provider, refs[name]),
-                            entitlement,
-                            ex=ALIAS_TTL_SECONDS,
-                        )
+                for key in self._entitlement_aliases(event):
+                    pipe.set(key, entitlement, ex=ALIAS_TTL_SECONDS)
         pipe.execute()
+
+    def claim_and_learn(self, event: MembershipEvent, email: str, entitlement: str | None) -> str:
+        """:meth:`claim_owner` then :meth:`learn` with the owner's email, in one round trip;
+        returns the owner (``email`` when the event names no entitlement)."""
+        emails = self._email_aliases(event)
+        entitlements = self._entitlement_aliases(event) if entitlement is not None else []
+        owner_key = f"{PREFIX}owner:{entitlement}" if entitlement is not None else ""
+        owner = self._claim_and_learn(
+            keys=[owner_key, *emails, *entitlements],
+            args=[email, entitlement or "", ALIAS_TTL_SECONDS, len(emails)],
+        )
+        return as_text(owner)
+
+    def _email_aliases(self, event: MembershipEvent) -> list[str]:
+        refs = [event.customer, *event.refs.values()] if event.customer else [*event.refs.values()]
+        return list(dict.fromkeys(self.email_key(event.provider, ref) for ref in refs))
+
+    def _entitlement_aliases(self, event: MembershipEvent) -> list[str]:
+        return [
+            self._entitlement_key(event.provider, event.refs[name])
+            for name in PAYMENT_REFS
+            if name in event.refs
+        ]
 
     def claim_owners(self, claims: Mapping[str, str]) -> dict[str, str]:
         """:meth:`claim_owner` for many entitlements (entitlement -> email), in one trip."""
@@ -221,17 +282,23 @@ class Store:
         """Store what the bridge knows and did about a member."""
         self.save_member_records({email: record})
 
-    def save_member_id(self, email: str, member_id: str) -> None:
-        """Remember a member's Sotion id, leaving what the record says of its fields alone
-        (safe without the email's lock: the id is Sotion's, whoever reads it)."""
-        key = f"{PREFIX}member:{email}"
-        pipe = self.redis.pipeline()
-        pipe.hset(key, "id", member_id)
-        # A new record: nothing on the member is the bridge's.
-        pipe.hsetnx(key, "bridge_blocked", "0")
-        pipe.hsetnx(key, "bridge_paid", "0")
-        pipe.hsetnx(key, "groups", "[]")
-        pipe.execute()
+    def save_member_seen(
+        self, email: str, member_id: str, seen: MemberSnapshot, *, read_before: MemberRecord
+    ) -> bool:
+        """Remember a member's Sotion id and state as a listing saw them, unless the record
+        changed since ``read_before`` (read before the listing): a job that wrote the member
+        meanwhile knows better than the listing. What the record says of its fields is left
+        alone. True when stored."""
+        stored = self._save_seen(
+            keys=[f"{PREFIX}member:{email}"],
+            args=[
+                read_before.id or "",
+                _seen_json(read_before.seen) if read_before.seen is not None else "",
+                member_id,
+                _seen_json(seen),
+            ],
+        )
+        return bool(stored)
 
     def save_member_records(self, records: Mapping[str, MemberRecord]) -> None:
         """Store the records of many members, in one transaction."""
@@ -240,6 +307,8 @@ class Store:
             key = f"{PREFIX}member:{email}"
             if record.id is None:
                 pipe.hdel(key, "id")
+            if record.seen is None or record.id is None:
+                pipe.hdel(key, "seen")  # what was seen belongs to the id it was seen under
             fields: dict[bytes | bytearray | memoryview[int] | str | int | float, str] = {
                 "bridge_blocked": "1" if record.bridge_blocked else "0",
                 "bridge_paid": "1" if record.bridge_paid else "0",
@@ -247,6 +316,8 @@ class Store:
             }
             if record.id is not None:
                 fields["id"] = record.id
+            if record.id is not None and record.seen is not None:
+                fields["seen"] = _seen_json(record.seen)
             pipe.hset(key, mapping=fields)
         pipe.execute()
 
@@ -278,6 +349,23 @@ class Store:
             yield lease
 
 
+def _ledger(raw: Mapping[Any, Any]) -> dict[str, Entitlement]:
+    return {as_text(key): Entitlement.from_json(json.loads(value)) for key, value in raw.items()}
+
+
+def _seen_json(seen: MemberSnapshot) -> str:
+    return json.dumps({"paid": seen.paid, "blocked": seen.blocked, "groups": sorted(seen.groups)})
+
+
+def _seen(raw: bytes | None) -> MemberSnapshot | None:
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    return MemberSnapshot(
+        paid=bool(data["paid"]), blocked=bool(data["blocked"]), groups=frozenset(data["groups"])
+    )
+
+
 def _member_record(raw: Mapping[Any, Any]) -> MemberRecord:
     if not raw:
         return MemberRecord()
@@ -289,4 +377,6 @@ def _member_record(raw: Mapping[Any, Any]) -> MemberRecord:
         # Records written before `paid` was tracked by origin: the bridge set it then.
         bridge_paid=raw.get(b"bridge_paid", b"1") == b"1",
         groups=frozenset(groups),
+        # What was seen belongs to the id it was seen under.
+        seen=_seen(raw.get(b"seen")) if member_id else None,
     )
