@@ -1,25 +1,36 @@
 """Intake: deduplicate and enqueue events atomically, so a 2xx means durably queued.
 
-For each event, one Redis transaction (WATCH on the dedupe key, then MULTI) stores the
-dedupe key and the RQ job together: either both exist or neither. A concurrent delivery
-of the same event makes the transaction retry and then see the duplicate. A duplicate
-is refused only while its job is alive or done: when the earlier job failed for good
-(or was stopped) the redelivery is accepted again, so a provider's resend repairs it.
+The events of one call are stored by one Lua script, in one round trip. For each event
+it checks the dedupe key and, when the key names a job, that job's status; then it makes
+the writes RQ's ``Queue.enqueue_job`` makes (the queue in ``rq:queues``, the job hash,
+the job id pushed onto the queue) and sets the dedupe key; last it adds to the webhook
+counters (``bridge/metrics.py``). Redis runs a script alone and, with the append-only
+file, answers only once its writes are on disk: either the job and its key both exist or
+neither, and concurrent copies of one event make one job.
+
+A duplicate is refused only while its job is alive or done: when the earlier job failed
+for good (or was stopped or canceled) the redelivery is accepted again, so a provider's
+resend repairs it. Deleting that dead job is RQ's business (registries, executions,
+results), so there the script stores nothing and says so, and the events go through a
+WATCH/MULTI transaction that deletes the dead job with RQ's own code and enqueues the new
+one (a few round trips, for a rare case).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from rq import Queue
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.utils import as_text
+from rq.utils import as_text, now
 
+from bridge import metrics
 from bridge.events import MembershipEvent
 from bridge.queues import APPLY_EVENT_JOB, FAILURE_TTL, JOB_TIMEOUT, RESULT_TTL
 from bridge.redact import mask_email
@@ -35,6 +46,62 @@ DEDUPE_PREFIX = "bridge:dedupe:"
 APPLIED = "applied-by-reconcile"
 # A job in one of these states will never apply its event: a redelivery may replace it.
 _DEAD = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
+# Events per script call from submit(): one call blocks Redis while it runs.
+BATCH_SIZE = 200
+
+# The script. KEYS: the queue, rq:queues, the metrics hash, then per event its dedupe key
+# and the key of its new job. ARGV[1..7]: the dedupe TTL, the job key prefix, the dead
+# statuses (comma-separated), four counter fields ("" for none: events queued, events
+# duplicate, webhook queued, webhook duplicate); from ARGV[8], per event: its job id, the
+# number of fields of its job hash, then those fields and values. The job key a dedupe
+# key names is read without being declared in KEYS: fine on one Redis (RQ's keys are not
+# cluster-safe either). Returns one integer per event, 1 queued and 0 duplicate, or {-1}
+# when a dedupe key names a dead job: then nothing was written.
+_STORE_SCRIPT = """
+local queue, queues, counters = KEYS[1], KEYS[2], KEYS[3]
+local ttl, job_prefix = ARGV[1], ARGV[2]
+local dead = {}
+for status in string.gmatch(ARGV[3], '[^,]+') do dead[status] = true end
+local events = (#KEYS - 3) / 2
+
+for i = 1, events do
+  local previous = redis.call('GET', KEYS[2 + 2 * i])
+  if previous then
+    local status = redis.call('HGET', job_prefix .. previous, 'status')
+    if status and dead[status] then return {-1} end
+  end
+end
+
+local outcomes, queued = {}, 0
+local at = 8
+for i = 1, events do
+  local dedupe, job = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  local job_id, last = ARGV[at], at + 1 + 2 * tonumber(ARGV[at + 1])
+  if redis.call('EXISTS', dedupe) == 1 then
+    outcomes[i] = 0
+  else
+    -- The dedupe key last: a write refused half-way leaves a job without its key (a
+    -- redelivery makes a second, idempotent job), never a key naming no job (lost).
+    redis.call('SADD', queues, queue)
+    redis.call('HSET', job, unpack(ARGV, at + 2, last))
+    redis.call('RPUSH', queue, job_id)
+    redis.call('SET', dedupe, job_id, 'EX', ttl)
+    outcomes[i] = 1
+    queued = queued + 1
+  end
+  at = last + 1
+end
+
+-- pcall: a counter that cannot be written loses the count, never the events.
+local function count(name, amount)
+  if name ~= '' and amount > 0 then redis.pcall('HINCRBY', counters, name, amount) end
+end
+count(ARGV[4], queued)
+count(ARGV[5], events - queued)
+if queued > 0 then count(ARGV[6], 1) else count(ARGV[7], 1) end
+return outcomes
+"""
+_DEAD_JOB = -1
 
 
 @dataclass
@@ -45,6 +112,26 @@ class IntakeResult:
     duplicates: list[str] = field(default_factory=list)  # dedupe keys
 
 
+@dataclass(frozen=True)
+class _Counters:
+    """The metrics fields one webhook delivery adds to."""
+
+    events_queued: str = ""
+    events_duplicate: str = ""
+    webhook_queued: str = ""
+    webhook_duplicate: str = ""
+
+    @classmethod
+    def of(cls, provider: str) -> _Counters:
+        def webhooks(outcome: str) -> str:
+            return metrics.field("bridge_webhooks", provider=provider, outcome=outcome)
+
+        def events(outcome: str) -> str:
+            return metrics.field("bridge_events", provider=provider, outcome=outcome)
+
+        return cls(events("queued"), events("duplicate"), webhooks("queued"), webhooks("duplicate"))
+
+
 class Intake:
     """Stores events as RQ jobs, once each."""
 
@@ -52,24 +139,25 @@ class Intake:
         self.queue = queue
         self.connection: redis.Redis = queue.connection
         self.retry_policy = retry_policy
+        # EVALSHA, loading the script again after NOSCRIPT (a Redis restart, SCRIPT FLUSH).
+        self._store_script = self.connection.register_script(_STORE_SCRIPT)
 
     def submit(self, events: Iterable[MembershipEvent]) -> IntakeResult:
         """Queue every event not seen before; Redis errors propagate (the view says 503)."""
         result = IntakeResult()
-        for event in events:
-            job_id = self._submit(event)
-            if job_id is None:
-                result.duplicates.append(event.dedupe_key)
-                log.info("duplicate event key=%s", event.dedupe_key)
-            else:
-                result.queued.append(job_id)
-                log.info(
-                    "queued event key=%s type=%s email=%s job=%s",
-                    event.dedupe_key,
-                    event.event_type,
-                    mask_email(event.email),
-                    job_id,
-                )
+        pending = list(events)
+        for start in range(0, len(pending), BATCH_SIZE):
+            self._store(pending[start : start + BATCH_SIZE], _Counters(), result)
+        return result
+
+    def receive(self, provider: str, events: Sequence[MembershipEvent]) -> IntakeResult:
+        """Queue the events of one webhook delivery as :meth:`submit` does, and count the
+        delivery and its events in the same round trip."""
+        if not events:
+            metrics.count(self.connection, "bridge_webhooks", provider=provider, outcome="ignored")
+            return IntakeResult()
+        result = IntakeResult()
+        self._store(list(events), _Counters.of(provider), result)
         return result
 
     def delivered(self, events: Iterable[MembershipEvent]) -> set[str]:
@@ -94,43 +182,131 @@ class Intake:
         """Mark an event a reconcile applied itself: a later delivery of it is a duplicate."""
         self.connection.set(DEDUPE_PREFIX + event.dedupe_key, APPLIED, ex=DEDUPE_TTL_SECONDS)
 
-    def _submit(self, event: MembershipEvent) -> str | None:
+    def _store(
+        self, events: list[MembershipEvent], counters: _Counters, result: IntakeResult
+    ) -> None:
+        """One script call for ``events``; the transaction path if one names a dead job."""
+        if not events:
+            return
+        jobs = [self._job(event) for event in events]
+        keys: list[str] = [self.queue.key, self.queue.redis_queues_keys, metrics.METRICS_KEY]
+        args: list[Any] = [
+            DEDUPE_TTL_SECONDS,
+            self.queue.job_class.redis_job_namespace_prefix,
+            ",".join(sorted(status.value for status in _DEAD)),
+            counters.events_queued,
+            counters.events_duplicate,
+            counters.webhook_queued,
+            counters.webhook_duplicate,
+        ]
+        for event, job in zip(events, jobs, strict=True):
+            keys += [DEDUPE_PREFIX + event.dedupe_key, job.key]
+            fields = _hash_fields(job)
+            args += [job.id, len(fields) // 2, *fields]
+        outcomes = self._store_script(keys=keys, args=args)
+        if outcomes == [_DEAD_JOB]:
+            self._replace_dead(events, jobs, counters, result)
+            return
+        for event, job, outcome in zip(events, jobs, outcomes, strict=True):
+            self._record(event, job.id if outcome else None, result)
+
+    def _replace_dead(
+        self,
+        events: list[MembershipEvent],
+        jobs: list[Job],
+        counters: _Counters,
+        result: IntakeResult,
+    ) -> None:
+        """The slow path: each event in its own WATCH/MULTI transaction, RQ deleting the
+        dead job it replaces; then the counters (a lost count never fails the request)."""
+        queued = 0
+        for event, job in zip(events, jobs, strict=True):
+            stored = self._transact(event, job)
+            queued += stored
+            self._record(event, job.id if stored else None, result)
+        increments = [
+            (counters.events_queued, queued),
+            (counters.events_duplicate, len(events) - queued),
+            (counters.webhook_queued if queued else counters.webhook_duplicate, 1),
+        ]
+        for name, amount in increments:
+            if name and amount:
+                metrics.increment(self.connection, name, amount)
+
+    def _transact(self, event: MembershipEvent, job: Job) -> bool:
+        """Store ``job`` unless ``event`` is a duplicate of a live job (True if stored)."""
         key = DEDUPE_PREFIX + event.dedupe_key
-        job_id = f"{event.provider}-{uuid.uuid4().hex}"
         with self.connection.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(key)  # type: ignore[no-untyped-call]
                     previous = pipe.get(key)
-                    dead = self._dead_job(as_text(previous)) if previous is not None else None
+                    dead = self._dead_job(pipe, as_text(previous)) if previous else None
                     if previous is not None and dead is None:
                         pipe.unwatch()
-                        return None
+                        return False
                     pipe.multi()
-                    pipe.set(key, job_id, ex=DEDUPE_TTL_SECONDS)
                     if dead is not None:
                         dead.delete(pipeline=pipe)
-                    self.queue.enqueue_call(
-                        APPLY_EVENT_JOB,
-                        args=(event.to_json(),),
-                        job_id=job_id,
-                        timeout=JOB_TIMEOUT,
-                        result_ttl=RESULT_TTL,
-                        failure_ttl=FAILURE_TTL,
-                        retry=self.retry_policy.rq_retry(),
-                        description=f"{event.event_type} {event.dedupe_key}",
-                        meta={"dedupe_key": event.dedupe_key},
-                        pipeline=pipe,
-                    )
+                    self.queue.enqueue_job(job, pipeline=pipe)
+                    pipe.set(key, job.id, ex=DEDUPE_TTL_SECONDS)
                     pipe.execute()
-                    return job_id
-                except redis.WatchError:
+                    return True
+                except (redis.WatchError, InvalidJobOperation):
+                    # Another copy changed the key or the job first: EXEC saw it, or RQ
+                    # did, reading the dead job's status as it queued its deletion.
+                    pipe.reset()
                     continue
 
-    def _dead_job(self, job_id: str) -> Job | None:
-        """The job behind a dedupe key if it can no longer apply its event."""
+    def _dead_job(self, pipe: Any, job_id: str) -> Job | None:
+        """The job behind a dedupe key if it can no longer apply its event (watched, so a
+        change of its status makes the transaction start again)."""
+        pipe.watch(Job.key_for(job_id))
         try:
             job = Job.fetch(job_id, connection=self.connection, serializer=self.queue.serializer)
         except NoSuchJobError:
             return None  # finished and expired: it was applied
         return job if job.get_status(refresh=False) in _DEAD else None
+
+    def _job(self, event: MembershipEvent) -> Job:
+        """The RQ job of ``event``, built as ``enqueue_call`` builds it, not yet stored."""
+        job = self.queue.create_job(
+            APPLY_EVENT_JOB,
+            args=(event.to_json(),),
+            job_id=f"{event.provider}-{uuid.uuid4().hex}",
+            timeout=JOB_TIMEOUT,
+            result_ttl=RESULT_TTL,
+            failure_ttl=FAILURE_TTL,
+            retry=self.retry_policy.rq_retry(),
+            description=f"{event.event_type} {event.dedupe_key}",
+            meta={"dedupe_key": event.dedupe_key},
+            status=JobStatus.QUEUED,
+        )
+        job.enqueued_at = now()  # what Queue.enqueue_job adds as it stores the job
+        return job
+
+    @staticmethod
+    def _record(event: MembershipEvent, job_id: str | None, result: IntakeResult) -> None:
+        if job_id is None:
+            result.duplicates.append(event.dedupe_key)
+            log.info("duplicate event key=%s", event.dedupe_key)
+            return
+        result.queued.append(job_id)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "queued event key=%s type=%s email=%s job=%s",
+                event.dedupe_key,
+                event.event_type,
+                mask_email(event.email),
+                job_id,
+            )
+
+
+def _hash_fields(job: Job) -> list[Any]:
+    """The job hash as ``Job.save`` writes it (``to_dict``), flattened field, value, ...;
+    redis-py encodes the values as it does for ``HSET ... mapping``."""
+    flat: list[Any] = []
+    for name, value in job.to_dict().items():
+        if value is not None:
+            flat += [name, value]
+    return flat

@@ -30,13 +30,24 @@ COUNTERS = {
 }
 
 
+def field(name: str, **labels: str) -> str:
+    """The hash field of one counter and label set: ``name|label=value,...``, labels sorted
+    (the intake's script adds to these fields in the round trip that stores the events)."""
+    return name + "|" + ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
 def count(connection: redis.Redis, name: str, amount: int = 1, **labels: str) -> None:
     """Add to a counter; a Redis failure loses the count, never the request."""
-    field = name + "|" + ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    increment(connection, field(name, **labels), amount)
+
+
+def increment(connection: redis.Redis, counter: str, amount: int = 1) -> None:
+    """Add to the counter with the hash field ``counter`` (see :func:`field`); a Redis
+    failure loses the count, never the request."""
     try:
-        connection.hincrby(METRICS_KEY, field, amount)
+        connection.hincrby(METRICS_KEY, counter, amount)
     except redis.RedisError:
-        log.warning("metrics not recorded name=%s", name)
+        log.warning("metrics not recorded name=%s", counter.partition("|")[0])
 
 
 class RedisCollector(Collector):

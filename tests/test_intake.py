@@ -10,12 +10,13 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 from rq import Queue, Retry
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 
 from bridge.events import EntitlementState, MembershipEvent
 from bridge.intake import DEDUPE_PREFIX, DEDUPE_TTL_SECONDS, Intake
 from bridge.queues import APPLY_EVENT_JOB
 from bridge.retry import RetryPolicy
+from tests.job_states import fail_for_good
 
 POLICY = RetryPolicy(attempts=4, base_seconds=2.0, cap_seconds=900.0)
 
@@ -34,16 +35,6 @@ def _event(event_id: str = "evt_intake_1", provider: str = "stripe") -> Membersh
         refs={"payment_intent": "pi_1"},
         test_mode=True,
     )
-
-
-def _fail_for_good(queue: Queue, job_id: str) -> Job:
-    """What a worker does to a job that failed with no retries left."""
-    job = queue.fetch_job(job_id)
-    assert job is not None
-    queue.remove(job)
-    job.set_status(JobStatus.FAILED)
-    queue.failed_job_registry.add(job, ttl=3600, exc_string="AuthError: key revoked")
-    return job
 
 
 def test_one_event_becomes_one_json_job(queue: Queue, redis_conn: redis.Redis) -> None:
@@ -174,7 +165,7 @@ def test_event_whose_job_failed_for_good_is_queued_again(
 ) -> None:
     intake = Intake(queue, POLICY)
     (old_id,) = intake.submit([_event()]).queued
-    _fail_for_good(queue, old_id)
+    fail_for_good(queue, old_id)
     assert queue.failed_job_registry.get_job_ids() == [old_id]
     result = intake.submit([_event()])
     assert len(result.queued) == 1

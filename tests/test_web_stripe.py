@@ -17,7 +17,6 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue
-from rq.job import JobStatus
 from werkzeug.test import TestResponse
 
 from bridge.app import create_app
@@ -25,6 +24,7 @@ from bridge.events import MembershipEvent
 from bridge.providers import stripe
 from bridge.settings import Settings
 from tests.conftest import STRIPE_SECRET, drain
+from tests.job_states import fail_for_good
 from tests.stripe_events import encode, event, fixture, sign
 from workers import runtime as worker_runtime
 
@@ -80,15 +80,6 @@ def redis_down_app(settings: Settings) -> Flask:
     return create_app(
         dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{_closed_port()}/0")
     )
-
-
-def _fail_for_good(queue: Queue, job_id: str) -> None:
-    """What a worker does to a job that failed with no retries left."""
-    job = queue.fetch_job(job_id)
-    assert job is not None
-    queue.remove(job)
-    job.set_status(JobStatus.FAILED)
-    queue.failed_job_registry.add(job, ttl=3600, exc_string="AuthError: key revoked")
 
 
 # -- accepted deliveries ------------------------------------------------------------------
@@ -167,7 +158,7 @@ def test_redelivery_of_an_event_whose_job_failed_for_good_is_queued_again(
     body = encode(fixture(PAYMENT))
     assert _post(client, body).status_code == 200
     (old_id,) = queue.job_ids
-    _fail_for_good(queue, old_id)
+    fail_for_good(queue, old_id)
     assert queue.failed_job_registry.get_job_ids() == [old_id]
     response = _post(client, body)
     assert response.status_code == 200
@@ -514,6 +505,26 @@ def test_metrics_count_deliveries_and_queue_depth(client: FlaskClient) -> None:
     assert samples[("bridge_queue_jobs", (("state", "queued"),))] == 1
     assert samples[("bridge_queue_jobs", (("state", "failed"),))] == 0
     assert samples[("bridge_redis_up", ())] == 1
+
+
+def test_metrics_count_events_by_intake_outcome(client: FlaskClient, queue: Queue) -> None:
+    body = encode(fixture(PAYMENT))
+    first, again = _post(client, body), _post(client, body)
+    (dead,) = queue.job_ids
+    fail_for_good(queue, dead)
+    replaced = _post(client, body)  # the redelivery replaces the dead job
+    irrelevant = _post(client, encode(event("customer.created", {"id": "cus_1"})))
+    answers = [(r.json or {}).get("queued") for r in (first, again, replaced, irrelevant)]
+    assert answers == [1, 0, 1, 0]
+
+    samples = _samples(client.get("/metrics").get_data(as_text=True))
+
+    def count(name: str, outcome: str) -> float:
+        return samples.get((name, (("outcome", outcome), ("provider", "stripe"))), 0)
+
+    webhooks, events = "bridge_webhooks_total", "bridge_events_total"
+    assert [count(webhooks, o) for o in ("queued", "duplicate", "ignored")] == [2, 1, 1]
+    assert [count(events, o) for o in ("queued", "duplicate")] == [2, 1]
 
 
 def test_metrics_say_redis_is_down(redis_down_app: Flask) -> None:
