@@ -1,8 +1,8 @@
 """Real bridge worker processes for fault tests.
 
-Start `bridge worker` processes, find the one (and its work horse) running a job, signal
-every process of that "dyno" the way a platform does, watch the Sotion sandbox's traffic,
-and clean up every process a test started, orphaned work horses included.
+Start `bridge worker` processes, find the one running a job, signal every process of that
+"dyno" the way a platform does, watch the Sotion sandbox's traffic, and clean up every
+process a test started, orphans included.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = str(Path(sys.executable).parent)
 # What the Procfile's `worker: bridge worker` runs.
 WORKER_COMMAND = [sys.executable, "-m", "bridge.cli", "worker"]
-# Every process a test starts carries this variable with a value unique to the test; work
-# horses and schedulers inherit it, so the clean-up finds them even once orphaned.
+# Every process a test starts carries this variable with a value unique to the test; its
+# children (the scheduler, a forking worker's horses) inherit it, so the clean-up finds
+# them even once orphaned.
 MARKER_VARIABLE = "BRIDGE_FAULT_TEST_RUN"
 
 
@@ -107,7 +108,7 @@ class WorkerProcess:
         return self.popen.poll() is None
 
     def horses(self) -> list[int]:
-        """Its work horses: the children in a process group of their own."""
+        """Its work horses, if it forks any: children in a process group of their own."""
         found = []
         for child in children(self.pid):
             with contextlib.suppress(ProcessLookupError):
@@ -115,17 +116,16 @@ class WorkerProcess:
                     found.append(child)
         return found
 
-    def signal_dyno(self, sig: int) -> list[int]:
-        """Send ``sig`` to every process of this worker, horses included; returns the horses.
+    def signal_dyno(self, sig: int) -> None:
+        """Send ``sig`` to every process of this worker, as a platform's stop or kill does.
 
-        The worker and its scheduler share the worker's process group; RQ puts each work
-        horse in a group of its own, which an OOM kill or a platform's stop reaches too.
+        The worker runs its jobs itself and shares its process group with its scheduler;
+        a forking worker's horses, each in a group of its own, are signalled too.
         """
         horses = self.horses()
         _signal_group(self.pid, sig)
         for horse in horses:
             _signal_group(horse, sig)
-        return horses
 
     def wait(self, timeout: float) -> int | None:
         """The exit code, waiting up to ``timeout`` seconds (None if still running)."""

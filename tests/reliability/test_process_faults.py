@@ -1,5 +1,6 @@
 """Process faults on real `bridge worker` processes: a SIGKILLed worker (an OOM or dyno kill),
-a SIGTERMed one (a platform stop), a Redis restart, and the email lease of a killed job.
+a SIGTERMed one (a platform stop), a Redis restart, the email lease of a killed job, and
+the worker model: a job stuck past its timeout, and the connections consecutive jobs share.
 
 Nothing here jumps time or cleans RQ's registries by hand: the live workers must recover
 on their own, within the bounds workers/worker.py promises.
@@ -35,8 +36,10 @@ from tests.reliability.processes import (
     Fleet,
     RunningJob,
     WorkerProcess,
+    children,
     environment,
     live_worker_count,
+    marked_pids,
     now,
     say,
     wait_until,
@@ -44,7 +47,12 @@ from tests.reliability.processes import (
     worker_running,
 )
 from workers.store import LOCK_TIMEOUT_SECONDS, PREFIX, Store
-from workers.worker import SHUTDOWN_GRACE_SECONDS
+from workers.worker import (
+    HEARTBEAT_SECONDS,
+    SHUTDOWN_GRACE_SECONDS,
+    STUCK_JOB_EXIT_CODE,
+    STUCK_JOB_GRACE_SECONDS,
+)
 
 EMAIL = "faults@example.com"
 # The production retry policy (Settings' defaults): a retry waits seconds, not 0 s.
@@ -56,6 +64,9 @@ RECOVERY_LIMIT_SECONDS = 60
 REDIS_DOWN_SECONDS = 2.0
 # Heroku sends SIGKILL this long after SIGTERM: a stopping worker must be gone by then.
 STOP_LIMIT_SECONDS = 30
+
+# The job functions of tests/reliability/probe_jobs.py, as a worker imports them.
+PROBES = "tests.reliability.probe_jobs"
 
 FleetFactory = Callable[..., Fleet]
 
@@ -151,13 +162,12 @@ def lock_key(email: str) -> str:
 
 
 class Interrupted(NamedTuple):
-    """A job's worker signalled mid-call: who ran it, the call in flight, when, its horses."""
+    """A job's worker signalled mid-call: who ran it, the call in flight, and when."""
 
     running: RunningJob
     victim: WorkerProcess
     call: Call
     at: float
-    horses: list[int]
 
 
 def interrupt_mid_call(
@@ -181,9 +191,8 @@ def interrupt_mid_call(
     wait_until(lambda: now() - call.arrived >= into, 2, middle)
     assert connection.exists(lock_key(EMAIL)), "the job does not hold the email's lease"
     at = now()
-    horses = victim.signal_dyno(sig)
-    assert len(horses) == 1, "the job's work horse was not found"
-    return Interrupted(running, victim, call, at, horses)
+    victim.signal_dyno(sig)
+    return Interrupted(running, victim, call, at)
 
 
 def describe(job: Job) -> str:
@@ -214,7 +223,7 @@ def test_job_of_a_sigkilled_worker_runs_again_and_finishes_within_a_minute(
 
     job_id = deliver(web, purchase(EMAIL, "kill"))
     # Kill while the member's creation is in flight, with the email's lease held.
-    running, victim, create, killed_at, horses = interrupt_mid_call(
+    running, victim, create, killed_at = interrupt_mid_call(
         fleet,
         redis_conn,
         job_id,
@@ -246,8 +255,8 @@ def test_job_of_a_sigkilled_worker_runs_again_and_finishes_within_a_minute(
         members = members_with(slow, EMAIL)
         crashes = sum(w.output().count("found an unhandled exception") for w in survivors)
         say(
-            f"\n[sigkill] workers=3 events_sent=1 faults=SIGKILL of worker pid={victim.pid} and "
-            f"horse pid={horses[0]} mid-create, lease held; re-run started "
+            f"\n[sigkill] workers=3 events_sent=1 faults=SIGKILL of worker pid={victim.pid} "
+            f"mid-create, lease held; re-run started "
             f"{f'{rerun[0]:.1f} s' if rerun else 'never'} after the kill; "
             f"{'finished' if job.get_status(refresh=False) == JobStatus.FINISHED else 'waited'} "
             f"{recovery:.1f} s after it (limit {RECOVERY_LIMIT_SECONDS} s); "
@@ -271,30 +280,30 @@ def test_sigterm_mid_job_stops_the_worker_within_30_s_and_the_job_finishes_elsew
     sandbox_factory: SandboxFactory,
     fleets: FleetFactory,
 ) -> None:
-    # The job's first Sotion call hangs for longer than the shutdown grace: it is
-    # interrupted and must go straight back on the queue.
+    # The job's first Sotion call (whichever it is) hangs for longer than the shutdown
+    # grace: it is interrupted and must go straight back on the queue.
     slow = sandbox_factory(latency=0.5, hang_seconds=SHUTDOWN_GRACE_SECONDS + 15)
-    slow.faults.inject("hang", count=1, method="GET")
+    slow.faults.inject("hang", count=1)
     traffic = watch(slow)
     fleet = fleets(redis_url, slow, SOTION_TIMEOUT="3,60")  # the hang is no read timeout
     start_workers(fleet, redis_conn, 2)
     logs = fleet.logs()
 
     job_id = deliver(web, purchase(EMAIL, "term"))
-    running, victim, lookup, stopped_at, horses = interrupt_mid_call(
+    running, victim, first_call, stopped_at = interrupt_mid_call(
         fleet,
         redis_conn,
         job_id,
-        lambda: traffic.calls("GET"),
+        traffic.calls,
         "the job's first call",
         into=0.5,
-        middle="the middle of the lookup",
+        middle="the middle of the first call",
         sig=signal.SIGTERM,  # what Heroku sends every process of a dyno
     )
     other = next(worker for worker in fleet.workers if worker is not victim)
     code = victim.wait(STOP_LIMIT_SECONDS + 5)
     exit_time = now() - stopped_at
-    assert lookup.in_flight_at(stopped_at + SHUTDOWN_GRACE_SECONDS - 1)
+    assert first_call.in_flight_at(stopped_at + SHUTDOWN_GRACE_SECONDS - 1)
 
     wait_until(
         lambda: status(redis_conn, job_id) == JobStatus.FINISHED,
@@ -307,7 +316,7 @@ def test_sigterm_mid_job_stops_the_worker_within_30_s_and_the_job_finishes_elsew
     members = members_with(slow, EMAIL)
     say(
         f"\n[sigterm, job longer than the grace] events_sent=1 faults=SIGTERM to worker "
-        f"pid={victim.pid} and horse pid={horses[0]} mid-call; worker exited with {code} "
+        f"pid={victim.pid} mid-call; worker exited with {code} "
         f"{exit_time:.1f} s after SIGTERM (limit {STOP_LIMIT_SECONDS} s); job finished on the "
         f"other worker {done:.1f} s after SIGTERM; creates={len(traffic.creates())} "
         f"members={len(members)}; job {describe(job)}"
@@ -317,7 +326,8 @@ def test_sigterm_mid_job_stops_the_worker_within_30_s_and_the_job_finishes_elsew
     assert other.alive()
     assert job.worker_name != running.worker_name
     assert len(members) == 1 and members[0]["paid"] is True
-    assert len(traffic.creates()) == 1
+    # One member made (a hung create, if that was the first call, answers 409 later).
+    assert len([call for call in traffic.creates() if call.status == 201]) == 1
     # Put back at once, without waiting on the retry schedule or using up a retry.
     assert job.retries_left == RETRY_ATTEMPTS
     assert done < exit_time + 10
@@ -339,11 +349,10 @@ def test_sigterm_during_a_short_job_lets_it_finish_then_the_worker_exits_cleanly
     running = wait_until(
         lambda: worker_running(redis_conn, job_id), 20, "the job to start", fleet.logs()
     )
-    lookup = wait_until(lambda: traffic.calls("GET"), 20, "the job's first call", fleet.logs())[0]
-    wait_until(lambda: now() - lookup.arrived >= 0.3, 2, "the middle of the lookup")
+    first_call = wait_until(traffic.calls, 20, "the job's first call", fleet.logs())[0]
+    wait_until(lambda: now() - first_call.arrived >= 0.3, 2, "the middle of the first call")
     stopped_at = now()
-    horses = worker.signal_dyno(signal.SIGTERM)
-    assert len(horses) == 1
+    worker.signal_dyno(signal.SIGTERM)
     code = worker.wait(STOP_LIMIT_SECONDS + 5)
     exit_time = now() - stopped_at
 
@@ -352,7 +361,7 @@ def test_sigterm_during_a_short_job_lets_it_finish_then_the_worker_exits_cleanly
     result = job.latest_result()
     say(
         f"\n[sigterm, job within the grace] events_sent=1 faults=SIGTERM to worker "
-        f"pid={worker.pid} and horse pid={horses[0]} mid-call; worker exited with {code} "
+        f"pid={worker.pid} mid-call; worker exited with {code} "
         f"{exit_time:.1f} s after SIGTERM; members={len(members)}; job {describe(job)}"
     )
     assert code == 0, worker.output()[-3000:]
@@ -483,7 +492,7 @@ def test_lease_held_by_a_sigkilled_job_frees_the_email_for_its_next_job_within_s
     logs = fleet.logs()
 
     first = deliver(web, purchase(EMAIL, "first"))
-    _, victim, _, killed_at, horses = interrupt_mid_call(
+    _, victim, _, killed_at = interrupt_mid_call(
         fleet,
         redis_conn,
         first,
@@ -509,7 +518,7 @@ def test_lease_held_by_a_sigkilled_job_frees_the_email_for_its_next_job_within_s
     ledger = Store(redis_conn).entitlements(EMAIL)
     say(
         f"\n[lease of a killed job] events_sent=2 faults=SIGKILL of worker pid={victim.pid} "
-        f"and horse pid={horses[0]} holding the email's lease ({lease_left:.1f} s of it left); "
+        f"holding the email's lease ({lease_left:.1f} s of it left); "
         f"the second event of the email was applied {applied:.1f} s after the kill "
         f"(lease {LOCK_TIMEOUT_SECONDS} s, old lock 120 s); members={len(members)} "
         f"creates={len(traffic.creates())}; second job {describe(job)}"
@@ -519,3 +528,111 @@ def test_lease_held_by_a_sigkilled_job_frees_the_email_for_its_next_job_within_s
     assert len(members) == 1 and members[0]["paid"] is True
     assert len(traffic.creates()) == 1
     assert set(ledger) == {"stripe:pi_first", "stripe:pi_second"}
+
+
+# -- 5. the worker model ------------------------------------------------------------------
+
+
+def test_job_stuck_past_its_timeout_makes_its_worker_exit_and_runs_again_elsewhere(
+    redis_conn: redis.Redis,
+    redis_url: str,
+    sotion: SandboxServer,
+    fleets: FleetFactory,
+) -> None:
+    fleet = fleets(redis_url, sotion)
+    start_workers(fleet, redis_conn, 2)
+    logs = fleet.logs()
+    # It swallows the JobTimeoutException of its 1 s timeout and goes on (first run only).
+    job_id = (
+        bridge_queue(redis_conn)
+        .enqueue(f"{PROBES}.swallow_timeout_first_run", "stuck", job_timeout=1)
+        .id
+    )
+
+    running = wait_until(lambda: worker_running(redis_conn, job_id), 20, "the job to start", logs)
+    started_at = now()
+    victim = fleet.by_pid(running.pid)
+    assert victim is not None
+    survivor = next(worker for worker in fleet.workers if worker is not victim)
+    code = victim.wait(1 + STUCK_JOB_GRACE_SECONDS + HEARTBEAT_SECONDS + 10)
+    exited = now() - started_at
+    try:
+        wait_until(
+            lambda: status(redis_conn, job_id) == JobStatus.FINISHED,
+            RECOVERY_LIMIT_SECONDS,
+            "the stuck job to run again and finish",
+            logs,
+        )
+    finally:
+        done = now() - started_at
+        job = fetch(redis_conn, job_id)
+        say(
+            f"\n[stuck job] workers=2 job_timeout=1 s grace={STUCK_JOB_GRACE_SECONDS} s; the "
+            f"worker running it exited with {code} {exited:.1f} s after the job started; the "
+            f"job finished {done:.1f} s after it started (limit {RECOVERY_LIMIT_SECONDS} s "
+            f"after the exit); job {describe(job)}"
+        )
+    assert code == STUCK_JOB_EXIT_CODE, victim.output()[-3000:]
+    assert exited >= 1 + STUCK_JOB_GRACE_SECONDS  # it was given its timeout and the grace
+    assert "past its timeout" in victim.output()
+    assert redis_conn.get("stuck:timeouts") == b"1"  # the timeout did reach the job
+    assert job.meta.get("recoveries") == 1
+    result = job.latest_result()
+    assert result is not None and result.worker_name != running.worker_name
+    assert result.return_value == 2  # its second run
+    assert survivor.alive()
+    # Nothing of the dead worker lives on (its scheduler stopped with it).
+    survivors = {survivor.pid, *children(survivor.pid)}
+    assert [pid for pid in marked_pids(fleet.marker) if pid not in survivors] == []
+
+
+def test_consecutive_jobs_run_in_the_worker_process_on_one_redis_connection_and_one_session(
+    web: FlaskClient,
+    redis_conn: redis.Redis,
+    redis_url: str,
+    sotion: SandboxServer,
+    fleets: FleetFactory,
+) -> None:
+    fleet = fleets(redis_url, sotion)
+    (worker,) = start_workers(fleet, redis_conn, 1)
+    queue = bridge_queue(redis_conn)
+
+    def finish(job_id: str) -> Job:
+        wait_until(
+            lambda: status(redis_conn, job_id) == JobStatus.FINISHED,
+            20,
+            "the job to finish",
+            fleet.logs(),
+        )
+        return fetch(redis_conn, job_id)
+
+    def report() -> dict[str, Any]:
+        result = finish(queue.enqueue(f"{PROBES}.report_process").id).latest_result()
+        assert result is not None
+        answer: dict[str, Any] = result.return_value
+        return answer
+
+    first = report()
+    finish(deliver(web, purchase(EMAIL, "warmup")))  # the web side's connection is open too
+    opened_before = redis_conn.info("stats")["total_connections_received"]
+    reports = []
+    for n in range(5):
+        finish(deliver(web, purchase(f"buyer{n}@example.com", f"reuse{n}")))
+        reports.append(report())
+    opened = redis_conn.info("stats")["total_connections_received"] - opened_before
+
+    say(
+        f"\n[one process, one connection] jobs=12 worker pid={worker.pid}; job pids="
+        f"{sorted({r['pid'] for r in [first, *reports]})}; Redis connections opened during "
+        f"10 jobs={opened}; Redis client ids={sorted({r['redis_client_id'] for r in reports})}; "
+        f"session jobs={[r['session_jobs'] for r in [first, *reports]]}"
+    )
+    assert first["preloaded"] is True  # the job modules were imported before the first job
+    assert {r["pid"] for r in [first, *reports]} == {worker.pid}  # no work horse
+    assert opened == 0  # every job used the connections the worker already had
+    assert len({r["redis_client_id"] for r in [first, *reports]}) == 1
+    # One requests.Session object served every job (the sandbox closes each HTTP
+    # connection, as Werkzeug does, so the reuse of a TCP connection shows only against
+    # a server that keeps it alive, like Sotion's).
+    assert [r["session_jobs"] for r in [first, *reports]] == [1, 2, 3, 4, 5, 6]
+    assert len(members_with(sotion, "buyer4@example.com")) == 1
