@@ -256,8 +256,10 @@ class MemberWriter:
         return actions
 
     def claim(self, email: str, record: MemberRecord, plan: Plan) -> None:
-        """Record as the bridge's what the plan is about to set (before the calls)."""
-        updated = claimed(record, plan)
+        """Before the calls: record as the bridge's what the plan is about to set, and
+        forget what was seen: a call whose reply is lost leaves the member unknown, so
+        whichever job comes next reads it instead of trusting a state it may have left."""
+        updated = replace(claimed(record, plan), seen=None)
         if updated != record:
             self.store.save_member_record(email, updated)
 
