@@ -181,8 +181,8 @@ def run(host: str, port: int | None, use_sandbox: bool, sandbox_port: int) -> No
 @click.option("--burst", is_flag=True, help="Stop once the queue is empty.")
 def worker(burst: bool) -> None:
     """Run one RQ worker with its scheduler on the bridge's queue."""
-    from workers.worker import WorkerLoopError
-    from workers.worker import run as run_worker
+    from workers.work_loop import WorkerLoopError
+    from workers.work_loop import run as run_worker
 
     settings = _settings()
     logs.configure(settings.log_level, settings.secret_values())

@@ -18,8 +18,9 @@ from bridge.sandbox import SandboxServer
 from bridge.settings import Settings
 from tests.conftest import SANDBOX_KEY, STRIPE_SECRET
 from workers import runtime as worker_runtime
-from workers import worker as worker_module
-from workers.worker import MAX_QUICK_RESTARTS, BridgeWorker, WorkerLoopError, run
+from workers import work_loop
+from workers.work_loop import MAX_QUICK_RESTARTS, WorkerLoopError, run
+from workers.worker import BridgeWorker
 
 Loop = Callable[[BridgeWorker, int], bool]
 
@@ -41,7 +42,7 @@ def loops(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Loop], list[flo
 
         monkeypatch.setattr(BridgeWorker, "work", work)
         clock = SimpleNamespace(monotonic=time.monotonic, sleep=waits.append)
-        monkeypatch.setattr(worker_module, "time", clock)
+        monkeypatch.setattr(work_loop, "time", clock)
         return waits
 
     yield install

@@ -52,7 +52,8 @@ from workers.sync import Applier, Outcome
 ROOT = Path(__file__).resolve().parent.parent
 # What a worker dyno runs (the CLI entry point may not exist yet).
 WORKER_COMMAND = (
-    "from workers.worker import run; from bridge.settings import Settings; run(Settings.from_env())"
+    "from workers.work_loop import run; from bridge.settings import Settings; "
+    "run(Settings.from_env())"
 )
 
 ClientFor = Callable[[SandboxServer], SotionClient]

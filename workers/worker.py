@@ -1,14 +1,15 @@
 """The bridge's RQ worker: each process runs its jobs itself, keeps one Redis connection
-pool and one Sotion session across them, recovers dead workers' jobs within seconds,
-stops gracefully, and has a work loop that outlives a Redis restart.
+pool and one Sotion session across them, recovers dead workers' jobs within seconds, and
+stops gracefully (its work loop, which outlives a Redis restart: ``workers/work_loop.py``).
 
 The model. RQ's default worker forks a work horse per job. Ours never imported the job
 modules before forking, so every horse imported them again and opened its own Redis
 connection and its own HTTP connection to Sotion (a TLS handshake in production): some
 20 ms a job, more than the job itself. ``BridgeWorker`` is RQ's non-forking
-``SimpleWorker``: the job modules are imported once at start (``preload_jobs``), and the
-runtime's Redis pool and ``requests.Session`` (``workers/runtime.py``) serve every job. What
-a horse's parent did while its horse ran, a thread of the worker (``_JobWatch``) does:
+``SimpleWorker``: the job modules are imported once at start (``workers/work_loop.py``),
+and the runtime's Redis pool and ``requests.Session`` (``workers/runtime.py``) serve every
+job. What a horse's parent did while its horse ran, a thread beside the job does
+(``workers/job_watch.py``):
 
 - Timeouts. RQ's death penalty (SIGALRM, handled in the main thread, where the job runs)
   raises ``JobTimeoutException`` in a job past its timeout, and the job is retried on
@@ -40,12 +41,10 @@ line.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import signal
 import threading
-import time
 from contextlib import suppress
 from datetime import timedelta
 from types import FrameType
@@ -53,8 +52,7 @@ from typing import Any
 
 import redis
 from redis.exceptions import LockError
-from rq.exceptions import ShutDownImminentException, StopRequested
-from rq.executions import Execution
+from rq.exceptions import ShutDownImminentException
 from rq.job import Job
 from rq.queue import Queue
 from rq.registry import clean_registries
@@ -63,10 +61,8 @@ from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 from rq.worker_registration import clean_worker_registry
 
-from bridge.queues import APPLY_EVENT_JOB, RECONCILE_JOB, RESYNC_JOB, bridge_queue, connect
 from bridge.redact import redact
-from bridge.settings import Settings
-from workers import runtime
+from workers.job_watch import JobWatch
 from workers.recovery import requeue_abandoned
 from workers.schedule import ensure_scheduled
 
@@ -97,11 +93,6 @@ STUCK_JOB_EXIT_CODE = 70
 STUCK_EXIT_DEADLINE_SECONDS = 5.0
 # RQ waits at most this long between two tries to reach Redis (its default is 60 s).
 REDIS_RETRY_MAX_SECONDS = 5.0
-# Restarts of a work loop that ran under a minute, before a worker whose Redis answers
-# gives up (a bug, not an outage).
-MAX_QUICK_RESTARTS = 5
-# The job functions the bridge enqueues: their modules are imported when a worker starts.
-JOB_FUNCTIONS = (APPLY_EVENT_JOB, RESYNC_JOB, RECONCILE_JOB)
 # RQ's idle wait is its worker TTL less 15 s.
 _WORKER_TTL = IDLE_WAKE_SECONDS + 15
 # A second stop signal this soon after the first is the same stop (RQ's rule: Ctrl+C
@@ -145,12 +136,18 @@ class BridgeWorker(SimpleWorker):
     # -- running a job ---------------------------------------------------------------
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """Run ``job`` in this process, a ``_JobWatch`` beside it."""
+        """Run ``job`` in this process, a ``JobWatch``, ``workers/job_watch.py`` beside it."""
         self._job_over.clear()
-        watch: _JobWatch | None = None
+        watch: JobWatch | None = None
         try:
             execution = self.prepare_execution(job)
-            watch = _JobWatch(self, job, execution, self._stuck_after(job))
+            watch = JobWatch(
+                job.id,
+                beat=lambda: self.maintain_heartbeats(job, execution),
+                on_stuck=lambda ran: self.exit_stuck(job, ran),
+                every=HEARTBEAT_SECONDS,
+                stuck_after=self._stuck_after(job),
+            )
             watch.start()
             self.perform_job(job, queue, execution)
         finally:
@@ -321,136 +318,3 @@ def _shutdown_imminent(signum: int) -> ShutDownImminentException:
     """What a stop raises in the running job (as RQ's work horse does)."""
     name = signal.Signals(signum).name
     return ShutDownImminentException(f"shut down imminent (signal: {name})", {})  # type: ignore[no-untyped-call]
-
-
-class _JobWatch:
-    """A thread beside one running job: heartbeats its execution every
-    ``HEARTBEAT_SECONDS``, and exits the process once the job has run ``stuck_after``
-    seconds."""
-
-    def __init__(
-        self, worker: BridgeWorker, job: Job, execution: Execution, stuck_after: float | None
-    ) -> None:
-        self._worker = worker
-        self._job = job
-        self._execution = execution
-        self._started = time.monotonic()
-        self._stuck_at = None if stuck_after is None else self._started + stuck_after
-        self._stopped = threading.Event()
-        # Held while a heartbeat is sent: stop() waits for it, so none lands after the job.
-        self._sending = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name=f"job {job.id}", daemon=True)
-
-    def start(self) -> None:
-        """Start watching."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop watching (the job is over); returns once no heartbeat is being sent."""
-        self._stopped.set()
-        with self._sending:
-            pass
-
-    def _run(self) -> None:
-        while True:
-            wait = float(HEARTBEAT_SECONDS)
-            if self._stuck_at is not None:
-                wait = max(min(wait, self._stuck_at - time.monotonic()), 0.0)
-            if self._stopped.wait(wait):
-                return
-            with self._sending:
-                if self._stopped.is_set():
-                    return
-                if self._stuck_at is not None and time.monotonic() >= self._stuck_at:
-                    self._stuck_at = None  # (exit_stuck does not return, but once is enough)
-                    self._worker.exit_stuck(self._job, time.monotonic() - self._started)
-                try:
-                    self._worker.maintain_heartbeats(self._job, self._execution)
-                except redis.RedisError as exc:  # Redis is away: the job's own calls will say
-                    log.warning("heartbeat failed job=%s (%s)", self._job.id, type(exc).__name__)
-
-
-def preload_jobs() -> None:
-    """Import every job function now, so that no job pays for an import."""
-    for path in JOB_FUNCTIONS:
-        module, _, name = path.rpartition(".")
-        getattr(importlib.import_module(module), name)
-
-
-def run(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
-    """Work the queue until stopped (or, with ``burst``, until it is empty).
-
-    RQ's loop quits when Redis stops answering (or answers too slowly) in the middle of
-    it; this one starts it again once Redis is back, so a Redis restart never needs a
-    worker restart. A loop that keeps quitting at once while Redis answers has met a
-    bug: after ``MAX_QUICK_RESTARTS`` that is an error exit (the platform restarts the
-    process, and its log shows why).
-    """
-    connection = connect(settings)
-    runtime.configure(settings, connection)
-    preload_jobs()
-    warn_about_persistence(connection)
-    worked = False
-    wait = 0.5
-    quick_restarts = 0
-    while True:
-        worker: BridgeWorker | None = None
-        started = time.monotonic()
-        try:
-            # Building the worker talks to Redis too (it names its connection).
-            worker = BridgeWorker([bridge_queue(connection)], connection=connection, name=name)
-            worker.reconcile_interval = settings.reconcile_interval_minutes
-            worked = (
-                bool(
-                    worker.work(with_scheduler=True, burst=burst, logging_level=settings.log_level)
-                )
-                or worked
-            )
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("redis is unreachable (%s); trying again", type(exc).__name__)
-            quick_restarts = 0  # an outage, not a bug
-        except StopRequested:  # a signal while a new loop was being set up
-            return worked
-        if burst or (worker is not None and worker.stop_signalled):
-            return worked
-        # A loop that quit mid-job left nothing running (the job ran in this thread):
-        # its execution expires and the job is recovered as a dead worker's.
-        if time.monotonic() - started > 60:
-            wait, quick_restarts = 0.5, 0  # it had been running: not a crash loop
-        if _redis_answers(connection):
-            quick_restarts += 1
-            if quick_restarts > MAX_QUICK_RESTARTS:
-                raise WorkerLoopError("the RQ work loop keeps stopping although Redis answers")
-        else:
-            quick_restarts = 0
-        log.warning("the work loop stopped (redis went away?); starting it again")
-        try:
-            time.sleep(wait)
-        except StopRequested:  # a signal between two loops (RQ's handlers are still set)
-            return worked
-        wait = min(wait * 2, REDIS_RETRY_MAX_SECONDS)
-
-
-class WorkerLoopError(RuntimeError):
-    """RQ's work loop stopped although Redis answers: a bug, not an outage."""
-
-
-def _redis_answers(connection: redis.Redis) -> bool:
-    try:
-        return bool(connection.ping())
-    except redis.RedisError:
-        return False
-
-
-def warn_about_persistence(connection: redis.Redis) -> None:
-    """Log a warning when Redis would lose acknowledged events on a restart or evict keys."""
-    try:
-        config = connection.config_get("appendonly") | connection.config_get("save")
-        config |= connection.config_get("maxmemory-policy")
-    except redis.RedisError:
-        return  # managed Redis often disables CONFIG: the README says what to check
-    if config.get("appendonly") != "yes" and not config.get("save"):
-        log.warning("redis keeps nothing on disk: a restart loses every queued event")
-    policy = config.get("maxmemory-policy", "noeviction")
-    if policy != "noeviction":
-        log.warning("redis maxmemory-policy is %s: it may evict queued events", policy)
