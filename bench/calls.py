@@ -1,8 +1,8 @@
 """Row 1: Sotion calls per event kind through the real job path, counted at the sandbox.
 
 Each event is POSTed signed to the bridge app (its real intake), and the queued job runs in
-an RQ ``SimpleWorker`` (``workers.jobs`` on the worker runtime, as ``bridge worker`` runs
-it, without the fork). The three kinds, each on its own subscriber:
+an RQ ``SimpleWorker`` (``workers.jobs`` on the worker runtime, in process, as ``bridge
+worker`` runs it). The three kinds, each on its own subscriber:
 - a new member's first purchase (a subscription checkout for an email Sotion lacks);
 - a change of a known member (that subscription deleted: paid access ends);
 - an event that changes nothing (a paid renewal invoice of a live subscription).
