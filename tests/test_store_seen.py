@@ -95,7 +95,7 @@ def test_save_member_seen_leaves_the_claims_alone(store: Store) -> None:
     store.save_member_record(EMAIL, claims)
     seen = MemberSnapshot(paid=False, blocked=False, groups=frozenset({"g_c"}))
 
-    assert store.save_member_seen(EMAIL, NEW_ID, seen, read_before=claims)
+    assert store.save_member_seen(EMAIL, NEW_ID, seen, read_before=store.member_record(EMAIL))
 
     assert store.member_record(EMAIL) == MemberRecord(
         id=NEW_ID, bridge_blocked=True, bridge_paid=True, groups=frozenset({"g_a"}), seen=seen
@@ -105,10 +105,11 @@ def test_save_member_seen_leaves_the_claims_alone(store: Store) -> None:
 def test_save_member_seen_stores_nothing_once_a_job_wrote_the_member(store: Store) -> None:
     before = MemberRecord(id=MEMBER_ID, bridge_paid=True, seen=SEEN)
     store.save_member_record(EMAIL, before)
+    read = store.member_record(EMAIL)
     written = MemberSnapshot(paid=True, blocked=False, groups=frozenset())
     store.save_member_record(EMAIL, replace(before, seen=written))  # a job, after the read
 
-    assert not store.save_member_seen(EMAIL, MEMBER_ID, SEEN, read_before=before)
+    assert not store.save_member_seen(EMAIL, MEMBER_ID, SEEN, read_before=read)
 
     assert store.member_record(EMAIL).seen == written
 

@@ -101,10 +101,16 @@ class Lease(_Held):
             if time.monotonic() >= deadline:
                 raise LeaseBusyError("another job of this email is still running")
             time.sleep(POLL_SECONDS)
-        self._renewer = threading.Thread(
-            target=self._renew, name=f"lease {self.label}", daemon=True
-        )
-        self._renewer.start()
+        try:
+            self._renewer = threading.Thread(
+                target=self._renew, name=f"lease {self.label}", daemon=True
+            )
+            self._renewer.start()
+        except BaseException:
+            # A signal raised in the job (a timeout, a stop) right after the lease was
+            # taken: give it back, or its renewer would keep it for the process's life.
+            self.release()
+            raise
 
     def ensure(self) -> None:
         """Raise LeaseLostError unless the lease is still ours (call before each write)."""
@@ -157,8 +163,12 @@ class LeaseSet(_Held):
         for key in self.keys:
             pipe.set(key, self.token, nx=True, px=self.ttl_ms)
         self.held = {key for key, got in zip(self.keys, pipe.execute(), strict=True) if got}
-        self._renewer = threading.Thread(target=self._renew, name="lease set", daemon=True)
-        self._renewer.start()
+        try:
+            self._renewer = threading.Thread(target=self._renew, name="lease set", daemon=True)
+            self._renewer.start()
+        except BaseException:
+            self.release()  # as in Lease.acquire
+            raise
         return set(self.held)
 
     def ensure(self, key: str) -> None:

@@ -43,8 +43,11 @@ def _unguarded() -> None:
     """No lease to check (a caller without a lock, e.g. a test)."""
 
 
-class MemberGoneError(Exception):
-    """The member the bridge knew by id was deleted in Sotion."""
+class MemberGoneError(TransientError):
+    """The member the bridge knew by id was deleted in Sotion (looked up again)."""
+
+    def __init__(self) -> None:
+        super().__init__("the member was deleted in Sotion")
 
 
 @dataclass(frozen=True)
@@ -106,14 +109,15 @@ class MemberWriter:
         reassert: bool,
     ) -> list[str]:
         known = self.know(email, desired, record, fresh=fresh)
+        current, plan = self._planned(desired, known, reassert)
+        if not known.read and _claims_anew(known.record, plan):
+            # The bridge is about to take a paid or a block as its own: it may be there by
+            # hand already (unseen since the bridge wrote), which must stay someone else's.
+            known = self.know(email, desired, known.record, fresh=True)
+            current, plan = self._planned(desired, known, reassert)
         if known.record != record:
             self.store.save_member_record(email, known.record)  # what was just read
-        record, current = known.record, known.member
-        if reassert and current is not None and not known.read:
-            current = reasserted(
-                current, desired, bridge_paid=record.bridge_paid, bridge_groups=record.groups
-            )
-        plan = self.plan(desired, current, record)
+        record = known.record
         if not plan.create:
             if record.id is None or current is None:
                 return []  # no member, and none to make
@@ -156,6 +160,21 @@ class MemberWriter:
         # What a create cannot set (a block: a disputed first purchase) is patched.
         rest = self.plan(desired, created, record)
         return actions + self.change(email, member.id, created, record, rest, guard, made=True)
+
+    def _planned(
+        self, desired: DesiredMember, known: Known, reassert: bool
+    ) -> tuple[MemberSnapshot | None, Plan]:
+        """The member to plan against, and the plan; a new grant re-asserts what the bridge
+        grants where the member is known only from what it wrote (``reasserted``)."""
+        current = known.member
+        if reassert and current is not None and not known.read:
+            current = reasserted(
+                current,
+                desired,
+                bridge_paid=known.record.bridge_paid,
+                bridge_groups=known.record.groups,
+            )
+        return current, self.plan(desired, current, known.record)
 
     def know(
         self, email: str, desired: DesiredMember, record: MemberRecord, *, fresh: bool = False
@@ -234,13 +253,17 @@ class MemberWriter:
         groups = set(record.groups)
         for group_id in sorted(plan.add_groups):
             guard()
-            self._in_group(member_id, group_id, add=True)
-            groups.add(group_id)
+            if self._add_to_group(member_id, group_id) or group_id in record.groups:
+                groups.add(group_id)
+            else:
+                # Already in it (a 409), and not by the bridge: someone else's to keep.
+                groups.discard(group_id)
             seen = replace(seen, groups=seen.groups | {group_id})
             actions.append(f"add-group:{group_id}")
         for group_id in sorted(plan.remove_groups):
             guard()
-            self._in_group(member_id, group_id, add=False)
+            with suppress(NotFoundError):  # out of the group already, or the group is gone
+                self.sotion.remove_group_member(group_id, member_id)
             groups.discard(group_id)
             seen = replace(seen, groups=seen.groups - {group_id})
             actions.append(f"remove-group:{group_id}")
@@ -273,23 +296,20 @@ class MemberWriter:
         try:
             return self.sotion.update_member(member_id, **_patch_kwargs(patch))
         except NotFoundError:
-            raise MemberGoneError from None
+            raise MemberGoneError() from None
 
-    def _in_group(self, member_id: str, group_id: str, *, add: bool) -> None:
-        """Put the member in a group or take them out; already so is fine. A 404 is the
-        member gone (MemberGoneError) or the group gone (raised as it is)."""
+    def _add_to_group(self, member_id: str, group_id: str) -> bool:
+        """Put the member in a group: True when added, False when already in it (409).
+        A 404 is the member gone (MemberGoneError) or the group gone (raised as it is)."""
         try:
-            if add:
-                with suppress(ConflictError):  # already in the group
-                    self.sotion.add_group_member(group_id, member_id)
-            else:
-                self.sotion.remove_group_member(group_id, member_id)
+            self.sotion.add_group_member(group_id, member_id)
+        except ConflictError:
+            return False
         except NotFoundError:
-            if add and self._gone(member_id):
-                raise MemberGoneError from None
-            if add:
-                raise
-            # Removing: the member is out of the group either way.
+            if self._gone(member_id):
+                raise MemberGoneError() from None
+            raise
+        return True
 
     def _gone(self, member_id: str) -> bool:
         try:
@@ -297,6 +317,13 @@ class MemberWriter:
         except NotFoundError:
             return True
         return False
+
+
+def _claims_anew(record: MemberRecord, plan: Plan) -> bool:
+    """Whether the plan writes a paid or a block that the record does not call the bridge's."""
+    return ("paid" in plan.patch and plan.bridge_paid and not record.bridge_paid) or (
+        "status" in plan.patch and plan.bridge_blocked and not record.bridge_blocked
+    )
 
 
 def claimed(record: MemberRecord, plan: Plan) -> MemberRecord:

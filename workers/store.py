@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -61,6 +61,9 @@ class MemberRecord:
     groups: frozenset[str] = frozenset()  # access groups the bridge added
     # The member as the bridge last read or wrote it (None: not known; read before planning).
     seen: MemberSnapshot | None = None
+    # How many times the record was written (a listing stores what it saw only if no job
+    # wrote the record since it was read); not part of what the record says.
+    rev: int = field(default=0, compare=False)
 
 
 # Claim an entitlement's owner (the first email recorded for it) and learn the event's
@@ -84,17 +87,17 @@ return email
 """
 
 
-# Store a listing's view of a member only if the record's id and seen are still what they
-# were before the listing; a new record claims nothing. KEYS[1] the member hash; ARGV: the
-# id and seen read before ("" for none), the id and seen to store.
+# Store a listing's view of a member only if nobody wrote the record since it was read
+# before the listing (its revision is unchanged); a new record claims nothing, an old one
+# keeps what it says (a record from before bridge_paid was kept reads as the bridge's).
+# KEYS[1] the member hash; ARGV: the revision read before, the id and seen to store.
 _SAVE_SEEN = """
-local id = redis.call('HGET', KEYS[1], 'id') or ''
-local seen = redis.call('HGET', KEYS[1], 'seen') or ''
-if id ~= ARGV[1] or seen ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'id', ARGV[3], 'seen', ARGV[4])
-redis.call('HSETNX', KEYS[1], 'bridge_blocked', '0')
-redis.call('HSETNX', KEYS[1], 'bridge_paid', '0')
-redis.call('HSETNX', KEYS[1], 'groups', '[]')
+if (redis.call('HGET', KEYS[1], 'rev') or '0') ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'bridge_blocked', '0', 'bridge_paid', '0', 'groups', '[]')
+end
+redis.call('HSET', KEYS[1], 'id', ARGV[2], 'seen', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'rev', 1)
 return 1
 """
 
@@ -291,12 +294,7 @@ class Store:
         alone. True when stored."""
         stored = self._save_seen(
             keys=[f"{PREFIX}member:{email}"],
-            args=[
-                read_before.id or "",
-                _seen_json(read_before.seen) if read_before.seen is not None else "",
-                member_id,
-                _seen_json(seen),
-            ],
+            args=[str(read_before.rev), member_id, _seen_json(seen)],
         )
         return bool(stored)
 
@@ -319,6 +317,7 @@ class Store:
             if record.id is not None and record.seen is not None:
                 fields["seen"] = _seen_json(record.seen)
             pipe.hset(key, mapping=fields)
+            pipe.hincrby(key, "rev", 1)
         pipe.execute()
 
     # -- locks -----------------------------------------------------------------------
@@ -379,4 +378,5 @@ def _member_record(raw: Mapping[Any, Any]) -> MemberRecord:
         groups=frozenset(groups),
         # What was seen belongs to the id it was seen under.
         seen=_seen(raw.get(b"seen")) if member_id else None,
+        rev=int(raw.get(b"rev", 0)),
     )
