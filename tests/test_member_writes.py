@@ -52,7 +52,8 @@ from tests.test_stripe_flow import (
     subscription,
 )
 from workers import runtime as worker_runtime
-from workers.store import PREFIX, MemberRecord, Store
+from workers.records import MemberRecord
+from workers.store import PREFIX, Store
 
 # Fixtures of other modules, used here as they are (tests/reconcile/test_races.py: a
 # reconcile of the runtime against the sandbox; tests/test_products_flow.py: a bridge on a

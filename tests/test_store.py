@@ -11,7 +11,8 @@ import redis
 from workers import store as store_module
 from workers import worker as worker_module
 from workers.lease import LeaseBusyError, LeaseLostError
-from workers.store import PREFIX, MemberRecord, Store
+from workers.records import MemberRecord
+from workers.store import PREFIX, Store
 
 EMAIL = "buyer@example.com"
 MEMBER_ID = "00000000-0000-4000-8000-000000000001"

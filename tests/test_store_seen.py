@@ -11,7 +11,8 @@ import redis
 from bridge.events import EntitlementState, MembershipEvent
 from bridge.ledger import Entitlement
 from bridge.membership import MemberSnapshot
-from workers.store import ALIAS_TTL_SECONDS, PREFIX, MemberRecord, Store
+from workers.records import MemberRecord
+from workers.store import ALIAS_TTL_SECONDS, PREFIX, Store
 
 EMAIL = "buyer@example.com"
 OTHER = "other@example.com"

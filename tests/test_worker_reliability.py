@@ -44,9 +44,10 @@ from workers import runtime as worker_runtime
 from workers.budget import SharedBudget
 from workers.groups import resolve_groups
 from workers.lease import Lease, LeaseLostError
+from workers.records import MemberRecord
 from workers.recovery import requeue_abandoned
 from workers.resolve import Resolver
-from workers.store import LOCK_TIMEOUT_SECONDS, PREFIX, MemberRecord, Store
+from workers.store import LOCK_TIMEOUT_SECONDS, PREFIX, Store
 from workers.sync import Applier, Outcome
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,8 +23,9 @@ from bridge.redact import mask_email
 from bridge.sotion import Member, SotionAPI
 from bridge.sotion.client import BULK_MAX
 from workers.bulk_writes import UPDATE_CHUNK, BulkWriter, MemberChange, SyncReport, Target
+from workers.records import MemberRecord
 from workers.site_listing import Progress, SiteListing
-from workers.store import MemberRecord, Store
+from workers.store import Store
 from workers.sync import Applier
 
 log = logging.getLogger(__name__)

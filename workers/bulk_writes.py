@@ -21,7 +21,8 @@ from bridge.sotion import Member, NewMember, RateLimitedError, SotionAPI, Sotion
 from workers import store as store_module
 from workers.lease import LeaseBusyError, LeaseLostError, LeaseSet
 from workers.member_writes import claimed, snapshot
-from workers.store import MemberRecord, Store
+from workers.records import MemberRecord
+from workers.store import Store
 from workers.sync import Applier
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,8 @@ from bridge.membership import (
 )
 from bridge.redact import mask_email
 from bridge.sotion import ConflictError, Member, NotFoundError, SotionAPI, TransientError
-from workers.store import MemberRecord, Store
+from workers.records import MemberRecord
+from workers.store import Store
 
 log = logging.getLogger(__name__)
 

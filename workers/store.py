@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 from rq.utils import as_text
@@ -27,6 +25,12 @@ from bridge.ledger import Entitlement
 from bridge.membership import MemberSnapshot
 from bridge.redact import mask_email
 from workers.lease import Lease, LeaseSet
+from workers.records import (
+    MemberRecord,
+    ledger_from_redis,
+    member_record_from_redis,
+    seen_json,
+)
 
 PREFIX = "bridge:"
 # Learned aliases are kept for a year: refunds and disputes can come months later.
@@ -49,21 +53,6 @@ PAYMENT_REFS = (
     "order",
     "sale",
 )
-
-
-@dataclass(frozen=True)
-class MemberRecord:
-    """What the bridge knows about one member, and which of its fields the bridge set."""
-
-    id: str | None = None  # the Sotion id, once known
-    bridge_blocked: bool = False  # the member's block was made by the bridge
-    bridge_paid: bool = False  # the member's paid=true was made by the bridge
-    groups: frozenset[str] = frozenset()  # access groups the bridge added
-    # The member as the bridge last read or wrote it (None: not known; read before planning).
-    seen: MemberSnapshot | None = None
-    # How many times the record was written (a listing stores what it saw only if no job
-    # wrote the record since it was read); not part of what the record says.
-    rev: int = field(default=0, compare=False)
 
 
 # Claim an entitlement's owner (the first email recorded for it) and learn the event's
@@ -114,7 +103,7 @@ class Store:
 
     def entitlements(self, email: str) -> dict[str, Entitlement]:
         """Every entitlement of an email, by key."""
-        return _ledger(self.redis.hgetall(f"{PREFIX}ledger:{email}"))
+        return ledger_from_redis(self.redis.hgetall(f"{PREFIX}ledger:{email}"))
 
     def save_entitlement(self, email: str, entitlement: Entitlement) -> None:
         """Store one entitlement (the caller holds the email's lock)."""
@@ -128,7 +117,7 @@ class Store:
         pipe.hgetall(f"{PREFIX}ledger:{email}")
         pipe.hgetall(f"{PREFIX}member:{email}")
         ledger, record = pipe.execute()
-        return _ledger(ledger), _member_record(record)
+        return ledger_from_redis(ledger), member_record_from_redis(record)
 
     def write_ledger(
         self, email: str, saves: Iterable[Entitlement], deletes: Iterable[str]
@@ -149,11 +138,9 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         for email in emails:
             pipe.hgetall(f"{PREFIX}ledger:{email}")
-        return {email: _ledger(raw) for email, raw in zip(emails, pipe.execute(), strict=True)}
-
-    def delete_entitlement(self, email: str, key: str) -> None:
-        """Drop an entitlement folded into another (the caller holds the email's lock)."""
-        self.redis.hdel(f"{PREFIX}ledger:{email}", key)
+        return {
+            email: ledger_from_redis(raw) for email, raw in zip(emails, pipe.execute(), strict=True)
+        }
 
     # -- aliases -------------------------------------------------------------------
 
@@ -174,8 +161,13 @@ class Store:
         pipe.execute()
 
     def claim_and_learn(self, event: MembershipEvent, email: str, entitlement: str | None) -> str:
-        """:meth:`claim_owner` then :meth:`learn` with the owner's email, in one round trip;
-        returns the owner (``email`` when the event names no entitlement)."""
+        """Claim the entitlement's owner, then :meth:`learn` with the owner's email, in one
+        round trip; returns the owner (``email`` when the event names no entitlement).
+
+        The owner is the first email ever recorded for the entitlement: later events of the
+        same purchase may name another address (a renewal invoice without the checkout's
+        email override, a customer who changed their email); the purchase stays in one
+        ledger, so ending it ends it everywhere."""
         emails = self._email_aliases(event)
         entitlements = self._entitlement_aliases(event) if entitlement is not None else []
         owner_key = f"{PREFIX}owner:{entitlement}" if entitlement is not None else ""
@@ -197,7 +189,8 @@ class Store:
         ]
 
     def claim_owners(self, claims: Mapping[str, str]) -> dict[str, str]:
-        """:meth:`claim_owner` for many entitlements (entitlement -> email), in one trip."""
+        """The owners of many entitlements, claimed for ``claims`` (entitlement -> email)
+        where none is yet, in one round trip (see :meth:`claim_and_learn`)."""
         keys = list(claims)
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
@@ -231,18 +224,6 @@ class Store:
             pipe.hset(f"{PREFIX}ledger:{email}", entitlement.key, json.dumps(entitlement.to_json()))
         pipe.execute()
 
-    def claim_owner(self, entitlement: str, email: str) -> str:
-        """The email that owns an entitlement: the first one ever recorded for it.
-
-        Later events about the same purchase may name another address (a renewal
-        invoice without the checkout's email override, a customer who changed their
-        email); the purchase stays in one ledger, so ending it ends it everywhere.
-        """
-        key = f"{PREFIX}owner:{entitlement}"
-        self.redis.set(key, email, nx=True, ex=ALIAS_TTL_SECONDS)
-        owner = self.redis.get(key)
-        return as_text(owner) if owner is not None else email
-
     def owner_of(self, entitlement: str) -> str | None:
         """The email that owns an entitlement, if one was recorded."""
         owner = self.redis.get(f"{PREFIX}owner:{entitlement}")
@@ -270,7 +251,7 @@ class Store:
 
     def member_record(self, email: str) -> MemberRecord:
         """What the bridge knows about a member (an empty record for a new email)."""
-        return _member_record(self.redis.hgetall(f"{PREFIX}member:{email}"))
+        return member_record_from_redis(self.redis.hgetall(f"{PREFIX}member:{email}"))
 
     def member_records(self, emails: list[str]) -> dict[str, MemberRecord]:
         """The records of many members in one round trip."""
@@ -278,7 +259,8 @@ class Store:
         for email in emails:
             pipe.hgetall(f"{PREFIX}member:{email}")
         return {
-            email: _member_record(raw) for email, raw in zip(emails, pipe.execute(), strict=True)
+            email: member_record_from_redis(raw)
+            for email, raw in zip(emails, pipe.execute(), strict=True)
         }
 
     def save_member_record(self, email: str, record: MemberRecord) -> None:
@@ -294,7 +276,7 @@ class Store:
         alone. True when stored."""
         stored = self._save_seen(
             keys=[f"{PREFIX}member:{email}"],
-            args=[str(read_before.rev), member_id, _seen_json(seen)],
+            args=[str(read_before.rev), member_id, seen_json(seen)],
         )
         return bool(stored)
 
@@ -315,7 +297,7 @@ class Store:
             if record.id is not None:
                 fields["id"] = record.id
             if record.id is not None and record.seen is not None:
-                fields["seen"] = _seen_json(record.seen)
+                fields["seen"] = seen_json(record.seen)
             pipe.hset(key, mapping=fields)
             pipe.hincrby(key, "rev", 1)
         pipe.execute()
@@ -346,37 +328,3 @@ class Store:
         )
         with lease:
             yield lease
-
-
-def _ledger(raw: Mapping[Any, Any]) -> dict[str, Entitlement]:
-    return {as_text(key): Entitlement.from_json(json.loads(value)) for key, value in raw.items()}
-
-
-def _seen_json(seen: MemberSnapshot) -> str:
-    return json.dumps({"paid": seen.paid, "blocked": seen.blocked, "groups": sorted(seen.groups)})
-
-
-def _seen(raw: bytes | None) -> MemberSnapshot | None:
-    if raw is None:
-        return None
-    data = json.loads(raw)
-    return MemberSnapshot(
-        paid=bool(data["paid"]), blocked=bool(data["blocked"]), groups=frozenset(data["groups"])
-    )
-
-
-def _member_record(raw: Mapping[Any, Any]) -> MemberRecord:
-    if not raw:
-        return MemberRecord()
-    member_id = raw.get(b"id")
-    groups = json.loads(raw[b"groups"]) if b"groups" in raw else []
-    return MemberRecord(
-        id=as_text(member_id) if member_id else None,
-        bridge_blocked=raw.get(b"bridge_blocked") == b"1",
-        # Records written before `paid` was tracked by origin: the bridge set it then.
-        bridge_paid=raw.get(b"bridge_paid", b"1") == b"1",
-        groups=frozenset(groups),
-        # What was seen belongs to the id it was seen under.
-        seen=_seen(raw.get(b"seen")) if member_id else None,
-        rev=int(raw.get(b"rev", 0)),
-    )

@@ -135,17 +135,6 @@ class Applier:
         with self.store.email_lock(email) as lease:
             return self.sync_member(email, guard=lease.ensure)
 
-    def record(self, email: str, key: str, event: MembershipEvent) -> bool:
-        """Merge the event into the ledger (the caller holds the email's lock); True when
-        the ledger changed."""
-        merged, folded = ledger.record(self.store.entitlements(email), key, event)
-        if merged is not None or folded:
-            self.store.write_ledger(email, [merged] if merged else [], folded)
-        if merged is None:
-            return False
-        self.recorded(email, merged)
-        return True
-
     def recorded(self, email: str, merged: Entitlement) -> None:
         """After an entitlement is stored: a past_due one is looked at again when its
         grace runs out."""

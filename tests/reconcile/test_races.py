@@ -78,11 +78,8 @@ def after_the_listing(
 
 
 def _job_applies(job: Applier, runtime: worker_runtime.Runtime, event: MembershipEvent) -> None:
-    email = event.email
-    assert email is not None and event.entitlement is not None
-    with runtime.store.email_lock(email) as lease:
-        job.record(email, event.entitlement, event)
-        job.sync_member(email, guard=lease.ensure)
+    assert event.email is not None and event.entitlement is not None
+    job.apply(event)  # under the email's lock, as a webhook job
 
 
 def test_a_member_a_job_creates_during_the_listing_stays_the_bridges(
