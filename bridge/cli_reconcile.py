@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bridge import logs
+from bridge import discovery, logs
 from bridge.settings import Settings, SettingsError
 from bridge.sotion import SotionError
 from bridge.sources import CursorError
@@ -116,7 +116,7 @@ def _prepare(provider: str) -> tuple[Reconciler, list[str], Console]:
     try:
         settings = Settings.from_env()
         logs.configure(settings.log_level, settings.secret_values())
-        current = runtime.build(settings)
+        current = runtime.build(settings, discovery.connect(settings))
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from exc
     except SotionError as exc:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -10,8 +12,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from bridge.embedded import EmbeddedRedis
+from bridge.discovery import RunLock, new_record, read_record, remove_record, write_record
+from bridge.embedded import EmbeddedRedis, stop_stray
 from bridge.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -21,6 +25,9 @@ SANDBOX_STRIPE_SECRET = "whsec_sandboxOnlyPublicNotASecret000"
 # Seconds children get to finish their current work after SIGTERM: the worker's own
 # grace for its running job (workers/worker.py) and gunicorn's, plus a margin.
 GRACE_SECONDS = 28
+# A further stop signal within this many seconds of the first is the same stop; a later
+# one cuts the children's grace short.
+DUPLICATE_SIGNAL_SECONDS = 1.0
 
 
 def gunicorn_command(host: str, port: int) -> list[str]:
@@ -45,52 +52,116 @@ def worker_command() -> list[str]:
     return [sys.executable, "-m", "bridge.cli", "worker"]
 
 
-def run(environ: Mapping[str, str], *, host: str, port: int) -> int:
-    """Start Redis (if needed), web and worker; stop them all when one stops or on a signal."""
+def run(environ: Mapping[str, str], *, host: str, port: int, lock: RunLock) -> int:
+    """Start Redis (if needed), web and worker; stop them all when one stops or on a signal.
+
+    The caller holds ``lock``, the data dir's: no other run can start or stop a server
+    of this data dir meanwhile, and the run record written here is this run's alone.
+    """
     env = dict(environ)
     settings = Settings.from_env(env)
     if settings.sotion_api_key is None:
         raise SettingsError("SOTION_API_KEY is required (or use --sandbox to try it locally)")
+    data_dir = Path(settings.data_dir)
+    if lock.data_dir.resolve() != data_dir.resolve():
+        raise ValueError(f"the lock held is {lock.path}, not the one of {data_dir}")
+    redis_dir = data_dir / "redis"
     embedded: EmbeddedRedis | None = None
-    if settings.redis_url is None:
-        embedded = EmbeddedRedis(Path(settings.data_dir) / "redis").start()
-        env["REDIS_URL"] = embedded.url
-        log.info("embedded redis started url=%s data=%s", embedded.url, embedded.data_dir)
-    children = [
-        subprocess.Popen(gunicorn_command(host, port), env=env),
-        subprocess.Popen(worker_command(), env=env),
-    ]
-    stopping = False
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not stopping and all(child.poll() is None for child in children):
-            time.sleep(0.2)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        _terminate(children)
-        if embedded is not None:
-            embedded.stop()
+    children: list[subprocess.Popen[bytes]] = []
+    with _StopSignals() as signals:
+        try:
+            _stop_leftover(data_dir, redis_dir)
+            if settings.redis_url is None:
+                embedded = EmbeddedRedis(redis_dir, remember_port=True).start()
+                env["REDIS_URL"] = embedded.url
+                log.info("embedded redis started url=%s data=%s", embedded.url, redis_dir)
+            record = new_record(
+                f"http://{host}:{port}",
+                redis_url=embedded.url if embedded else None,
+                redis_pid=embedded.pid if embedded else None,
+                redis_dir=redis_dir,
+            )
+            write_record(data_dir, record)
+            if not signals.received:
+                # Sessions of their own: the terminal's signals (Ctrl-C, SIGHUP when it
+                # closes) reach this process only, which stops the children in order.
+                for command in (gunicorn_command(host, port), worker_command()):
+                    children.append(subprocess.Popen(command, env=env, start_new_session=True))
+            while not signals.received and all(child.poll() is None for child in children):
+                time.sleep(0.2)
+        finally:
+            _terminate(children, signals)
+            if embedded is not None:
+                embedded.stop()
+            remove_record(data_dir)
     codes = [child.returncode for child in children]
-    return 0 if stopping else next((code for code in codes if code), 1)
+    return 0 if signals.received else next((code for code in codes if code), 1)
 
 
-def _terminate(children: list[subprocess.Popen[bytes]]) -> None:
+def _stop_leftover(data_dir: Path, redis_dir: Path) -> None:
+    """Stop the embedded Redis of a run that was killed (SIGKILL) before it could.
+
+    A new server is started rather than the old one adopted: a process this run did not
+    start cannot be waited for, nor counted on to have this version's settings, and its
+    clean shutdown keeps every write (the append-only file).
+    """
+    record = read_record(data_dir)
+    if record is None:
+        return
+    if record.redis_pid is not None and record.redis_url is not None:
+        stop_stray(record.redis_pid, record.redis_url, redis_dir)
+    remove_record(data_dir)
+
+
+class _StopSignals:
+    """SIGHUP, SIGINT and SIGTERM, counted while the run lasts (then restored)."""
+
+    SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._first = 0.0
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def received(self) -> bool:
+        """Whether a stop was asked for."""
+        return self.count > 0
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.count and time.monotonic() - self._first < DUPLICATE_SIGNAL_SECONDS:
+            return  # the same stop (a closing terminal: SIGHUP from the kernel and the shell)
+        if not self.count:
+            self._first = time.monotonic()
+        self.count += 1
+
+    def __enter__(self) -> _StopSignals:
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _terminate(children: list[subprocess.Popen[bytes]], signals: _StopSignals) -> None:
+    """SIGTERM each child, give them their grace (cut short by a further signal), then
+    SIGKILL whatever is left in their process groups (a gunicorn worker, the scheduler)."""
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
+    stops = max(signals.count, 1)
     deadline = time.monotonic() + GRACE_SECONDS
+    while any(child.poll() is None for child in children):
+        if time.monotonic() > deadline or signals.count > stops:
+            break
+        time.sleep(0.05)
     for child in children:
-        try:
-            child.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        # Each child leads its own group, so this reaches its descendants (a gunicorn
+        # worker, the RQ scheduler) if any outlived it, and nothing else.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
 
 
 def sandbox_environment(environ: Mapping[str, str], sotion_url: str, key: str) -> dict[str, str]:

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import redis
 import requests
 
-from bridge.embedded import free_port
+from bridge import discovery
+from bridge.embedded import free_port, process_alive
 from bridge.sandbox import SandboxServer
 from bridge.sotion import SotionClient
 from tests import stripe_events as se
 from tests.conftest import SANDBOX_KEY, STRIPE_SECRET
+from tests.reliability.processes import MARKER_VARIABLE, marked_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
@@ -177,13 +182,74 @@ def test_worker_process_refuses_to_start_without_sotion_key(
     assert b"SOTION_API_KEY" in result.stderr + result.stdout
 
 
-def test_bridge_run_uses_an_embedded_redis_whose_data_survives_a_restart(
-    sotion: SandboxServer,
-    sotion_api: SotionClient,
-    started: list[subprocess.Popen[bytes]],
-    tmp_path: Path,
-) -> None:
-    port = free_port()
+@dataclass
+class Runs:
+    """`bridge run` processes on one data dir; every process they start carries a marker
+    (an environment variable), so the clean-up finds and kills orphans too. redis-server
+    overwrites its environment with its process title: its pid comes from the run record."""
+
+    env: dict[str, str]
+    data_dir: Path
+    logs_dir: Path
+    marker: str = field(default_factory=lambda: uuid.uuid4().hex)
+    port: int = field(default_factory=free_port)
+    runs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    redis_pids: set[int] = field(default_factory=set)
+
+    @property
+    def base(self) -> str:
+        """The web's address."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self, number: int) -> Path:
+        """The output of the ``number``th run (from 1)."""
+        return self.logs_dir / f"run{number}.log"
+
+    def command(self, port: int | None = None) -> list[str]:
+        """The `bridge run` command line."""
+        return [sys.executable, "-m", "bridge.cli", "run", "--port", str(port or self.port)]
+
+    def start(self) -> subprocess.Popen[bytes]:
+        """Start `bridge run` (a session of its own, as a terminal's job is) and wait
+        until its web is ready."""
+        log = self.log(len(self.runs) + 1)
+        process = _start(self.command(), {**self.env, MARKER_VARIABLE: self.marker}, log)
+        self.runs.append(process)
+
+        def ready() -> bool:
+            assert process.poll() is None, log.read_text()[-3000:]
+            return requests.get(f"{self.base}/readyz", timeout=1).ok
+
+        _wait_for(ready, 30, "bridge run", [log])
+        self.record()
+        return process
+
+    def record(self) -> discovery.RunRecord:
+        """The run record of the running bridge."""
+        record = discovery.read_record(self.data_dir)
+        assert record is not None and record.redis_pid is not None
+        self.redis_pids.add(record.redis_pid)
+        return record
+
+    def processes(self) -> set[int]:
+        """Every live process the runs started, orphans included."""
+        alive = {pid for pid in self.redis_pids if process_alive(pid)}
+        return set(marked_pids(self.marker)) | alive
+
+    def kill_all(self) -> None:
+        """SIGKILL every process the runs started and wait until they are gone."""
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for process in self.runs:
+            process.wait(timeout=10)
+        _wait_for(lambda: not self.processes(), 10, "the processes to go", [])
+
+
+@pytest.fixture
+def runs(sotion: SandboxServer, tmp_path: Path) -> Iterator[Runs]:
+    """`bridge run` on a data dir of the test's own with an embedded Redis; every process
+    is killed at the end."""
     env = _environment(
         BRIDGE_DATA_DIR=str(tmp_path / "data"),
         SOTION_API_URL=sotion.url,
@@ -191,33 +257,143 @@ def test_bridge_run_uses_an_embedded_redis_whose_data_survives_a_restart(
         STRIPE_WEBHOOK_SECRET=STRIPE_SECRET,
         BRIDGE_ACCEPT_TEST_EVENTS="true",
     )
-    command = [sys.executable, "-m", "bridge.cli", "run", "--port", str(port)]
-    base = f"http://127.0.0.1:{port}"
-    payload = _purchase("embedded@example.com")
+    started = Runs(env, tmp_path / "data", tmp_path)
+    yield started
+    started.kill_all()
 
-    first_log = tmp_path / "run1.log"
-    first = _start(command, env, first_log)
-    started.append(first)
-    _wait_for(lambda: requests.get(f"{base}/readyz", timeout=1).ok, 30, "bridge run", [first_log])
-    assert _send(base, payload).json()["queued"] == 1
+
+def _bridge(env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bridge.cli", *arguments],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_bridge_run_uses_an_embedded_redis_whose_data_survives_a_restart(
+    runs: Runs, sotion_api: SotionClient, tmp_path: Path
+) -> None:
+    payload = _purchase("embedded@example.com")
+    first = runs.start()
+    assert _send(runs.base, payload).json()["queued"] == 1
     _wait_for(
         lambda: sotion_api.find_member_by_email("embedded@example.com") is not None,
         30,
         "the member",
-        [first_log],
+        [runs.log(1)],
     )
     _stop(first, signal.SIGINT)
-    assert first.returncode == 0, first_log.read_text()[-2000:]
+    assert first.returncode == 0, runs.log(1).read_text()[-2000:]
     assert (tmp_path / "data" / "redis" / "appendonly.aof").exists() or (
         tmp_path / "data" / "redis" / "appendonlydir"
     ).exists()
 
-    second_log = tmp_path / "run2.log"
-    second = _start(command, env, second_log)
-    started.append(second)
-    _wait_for(lambda: requests.get(f"{base}/readyz", timeout=1).ok, 30, "restart", [second_log])
+    second = runs.start()
     # The dedupe key written before the restart is still there: the redelivery is a duplicate.
-    again = _send(base, payload).json()
+    again = _send(runs.base, payload).json()
     assert again["duplicates"] == 1 and again["queued"] == 0
     _stop(second, signal.SIGINT)
     assert len([m for m in sotion_api.iter_members() if m.email == "embedded@example.com"]) == 1
+
+
+def test_commands_in_another_process_find_the_embedded_redis_of_bridge_run(
+    runs: Runs,
+) -> None:
+    runs.start()
+    # A subscription whose buyer no earlier event named is parked, in the run's Redis.
+    obj = se.fixture("customer_subscription_created")["data"]["object"]
+    assert _send(runs.base, se.event("customer.subscription.created", obj)).ok
+    command_env = {k: v for k, v in runs.env.items() if k != "REDIS_URL"}
+
+    def parked() -> subprocess.CompletedProcess[str] | None:
+        result = _bridge(command_env, "jobs", "parked")
+        assert result.returncode == 0, result.stderr
+        return result if "customer.subscription.created" in result.stdout else None
+
+    _wait_for(parked, 30, "the parked event in `bridge jobs parked`", [runs.log(1)])
+    failed = _bridge(command_env, "jobs", "failed")
+    assert (failed.returncode, failed.stdout.strip()) == (0, "no failed jobs"), failed.stderr
+
+
+def test_with_no_bridge_running_commands_print_one_line_and_exit_1(tmp_path: Path) -> None:
+    env = _environment(BRIDGE_DATA_DIR=str(tmp_path / "data"))
+    result = _bridge(env, "jobs", "failed")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "Error: no Redis: set REDIS_URL, or start the bridge with `bridge run` "
+        f"(none is running for data dir {tmp_path / 'data'})"
+    ]
+
+
+def test_a_second_bridge_run_on_the_same_data_dir_is_refused_while_the_first_runs(
+    runs: Runs,
+) -> None:
+    first = runs.start()
+    second = subprocess.run(
+        runs.command(port=free_port()),
+        env=runs.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1
+    assert second.stderr.splitlines() == [
+        f"Error: a bridge is already running on data dir {runs.data_dir} (pid {first.pid}): "
+        "stop it first, or give this one another BRIDGE_DATA_DIR"
+    ]
+    assert first.poll() is None
+    assert requests.get(f"{runs.base}/readyz", timeout=5).ok
+    assert runs.record().pid == first.pid
+
+
+@pytest.mark.parametrize(
+    "sig", [signal.SIGHUP, signal.SIGINT, signal.SIGTERM], ids=lambda sig: sig.name
+)
+def test_a_stop_signal_stops_every_process_of_bridge_run_and_the_next_one_starts(
+    runs: Runs, sig: int
+) -> None:
+    first = runs.start()
+    children = runs.processes() - {first.pid}
+    record = runs.record()
+    # gunicorn's master and its two workers, the worker and its scheduler, redis-server.
+    assert record.redis_pid in children and len(children) >= 5, children
+    # As a closing terminal or Ctrl-C does: the signal goes to the job's process group.
+    os.killpg(first.pid, sig)
+    assert first.wait(timeout=30) == 0, runs.log(1).read_text()[-3000:]
+    _wait_for(lambda: not runs.processes(), 5, "no process left", [runs.log(1)])
+    assert discovery.read_record(runs.data_dir) is None
+
+    second = runs.start()
+    assert runs.record().redis_pid not in children
+    _stop(second)
+    assert second.returncode == 0, runs.log(2).read_text()[-3000:]
+
+
+def test_after_a_sigkill_the_next_run_stops_the_redis_left_behind_and_keeps_its_data(
+    runs: Runs,
+) -> None:
+    payload = _purchase("killed@example.com")
+    first = runs.start()
+    assert _send(runs.base, payload).json()["queued"] == 1
+    left = runs.record().redis_pid
+    assert left is not None
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    # What a SIGKILL leaves behind is the web and the worker, orphaned: killed here, as an
+    # operator would (they hold the web port); the redis-server is left for the next run.
+    for pid in runs.processes() - {left}:
+        os.kill(pid, signal.SIGKILL)
+    _wait_for(lambda: runs.processes() == {left}, 10, "only redis-server left", [runs.log(1)])
+
+    second = runs.start()
+    assert process_alive(left) is False
+    assert runs.record().redis_pid != left
+    # The dedupe key written before the kill is still there: the redelivery is a duplicate.
+    again = _send(runs.base, payload).json()
+    assert again["duplicates"] == 1 and again["queued"] == 0
+    _stop(second)
+    assert second.returncode == 0, runs.log(2).read_text()[-3000:]
