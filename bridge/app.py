@@ -12,7 +12,7 @@ from bridge import logs
 from bridge.intake import Intake
 from bridge.products import load_catalog
 from bridge.queues import bridge_queue, connect
-from bridge.settings import Settings, retry_policy
+from bridge.settings import Settings, load_env_file, retry_policy
 
 
 @dataclass
@@ -26,8 +26,14 @@ class Bridge:
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """Build the app; nothing is read or connected at import time."""
-    settings = settings if settings is not None else Settings.from_env()
+    """Build the app; nothing is read or connected at import time.
+
+    Without ``settings``, they come from the environment and ``.env`` (under gunicorn,
+    ``bridge/gunicorn_conf.py`` has validated them already, in the master).
+    """
+    if settings is None:
+        load_env_file()
+        settings = Settings.from_env()
     logs.configure(settings.log_level, settings.secret_values())
     app = Flask("bridge")
     # One byte over the limit, so web._raw_body can tell a truncated chunked body.

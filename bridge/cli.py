@@ -14,28 +14,51 @@ from pathlib import Path
 from types import FrameType
 
 import click
-import redis
 import requests
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
-from bridge import admin, cli_reconcile, logs, runner
+from bridge import cli_jobs, cli_reconcile, discovery, logs, runner, startup
+from bridge.embedded import EmbeddedRedisError
 from bridge.products import load_catalog
-from bridge.queues import bridge_queue, connect
+from bridge.queues import connect
+from bridge.redact import redact
 from bridge.sandbox import SandboxConfig, SandboxServer
 from bridge.sandbox.config import API_KEY_PREFIX
 from bridge.sandbox.errors import SandboxError
 from bridge.sandbox.ratelimit import RateLimit
-from bridge.settings import Settings, SettingsError
+from bridge.settings import ENV_FILE_VARIABLE, SettingsError, load_env_file
 from bridge.sotion import SotionError, client_from_settings
 
 # The key of the sandbox that `bridge run --sandbox` starts.
 SANDBOX_KEY = "so_sandbox"
+# Where the group callback leaves the env file it read (click's per-run metadata).
+_ENV_FILE_META = "bridge.env_file"
 
 
 @click.group()
-def main() -> None:
-    """Payment-provider webhooks to Sotion memberships."""
+@click.version_option(
+    package_name=startup.DISTRIBUTION, prog_name="bridge", message="%(prog)s %(version)s"
+)
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False),
+    help="Read variables from this file instead of ./.env [env: BRIDGE_ENV_FILE].",
+)
+def main(env_file: str | None) -> None:
+    """Payment-provider webhooks to Sotion memberships.
+
+    Every command reads ./.env (or --env-file) first; a variable already set in the
+    environment keeps its value.
+    """
+    try:
+        loaded = load_env_file(env_file)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.get_current_context().meta[_ENV_FILE_META] = loaded
+    if env_file is not None and loaded is not None:
+        # The processes this one starts (`bridge run`) read the same file.
+        os.environ[ENV_FILE_VARIABLE] = str(loaded.resolve())
 
 
 def _check_key(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -140,14 +163,6 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 # -- the bridge ----------------------------------------------------------------------------
 
 
-def _settings() -> Settings:
-    """Settings from the environment; a bad value ends the command naming the variable."""
-    try:
-        return Settings.from_env()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface for the web.")
 @click.option("--port", type=click.IntRange(1, 65535), help="Web port [default: $PORT or 8000].")
@@ -158,22 +173,36 @@ def run(host: str, port: int | None, use_sandbox: bool, sandbox_port: int) -> No
     logs.configure(os.environ.get("BRIDGE_LOG_LEVEL", "INFO"))
     web_port = port or int(os.environ.get("PORT") or 8000)
     environ: dict[str, str] = dict(os.environ)
-    server: SandboxServer | None = None
-    if use_sandbox:
-        data_dir = Path(environ.get("BRIDGE_DATA_DIR") or ".bridge")
-        data_dir.mkdir(parents=True, exist_ok=True)
-        config = SandboxConfig(api_key=SANDBOX_KEY, state_file=str(data_dir / "sandbox.json"))
-        server = SandboxServer(config, port=sandbox_port).start()
-        environ = runner.sandbox_environment(environ, server.url, SANDBOX_KEY)
-        click.echo(f"Sotion sandbox on {server.url} (state: {server.root_url}/_sandbox/state)")
-    click.echo(f"bridge web on http://{host}:{web_port} (Ctrl-C stops everything)")
+    data_dir = Path(environ.get("BRIDGE_DATA_DIR") or ".bridge")
     try:
-        code = runner.run(environ, host=host, port=web_port)
-    except SettingsError as exc:
+        lock = discovery.RunLock(data_dir).acquire()
+    except discovery.AlreadyRunningError as exc:
         raise click.ClickException(str(exc)) from exc
-    finally:
-        if server is not None:
-            server.stop()
+    except OSError as exc:
+        raise click.ClickException(f"data dir {data_dir}: {exc.strerror}") from exc
+    with lock:
+        server: SandboxServer | None = None
+        try:
+            if use_sandbox:
+                config = SandboxConfig(
+                    api_key=SANDBOX_KEY, state_file=str(data_dir / "sandbox.json")
+                )
+                try:
+                    server = SandboxServer(config, port=sandbox_port).start()
+                except OSError as exc:
+                    message = f"sandbox port {sandbox_port}: {exc.strerror}"
+                    raise click.ClickException(message) from exc
+                environ = runner.sandbox_environment(environ, server.url, SANDBOX_KEY)
+                click.echo(
+                    f"Sotion sandbox on {server.url} (state: {server.root_url}/_sandbox/state)"
+                )
+            click.echo(f"bridge web on http://{host}:{web_port} (Ctrl-C stops everything)")
+            code = runner.run(environ, host=host, port=web_port, lock=lock)
+        except (SettingsError, EmbeddedRedisError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        finally:
+            if server is not None:
+                server.stop()
     sys.exit(code)
 
 
@@ -184,51 +213,72 @@ def worker(burst: bool) -> None:
     from workers.work_loop import WorkerLoopError
     from workers.work_loop import run as run_worker
 
-    settings = _settings()
+    settings = cli_jobs.settings_or_exit()
     logs.configure(settings.log_level, settings.secret_values())
     try:
         run_worker(settings, burst=burst)
-    except (SettingsError, WorkerLoopError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (SettingsError, startup.StartupError, WorkerLoopError) as exc:
+        raise click.ClickException(redact(str(exc))) from exc
 
 
 @main.command()
 def check() -> None:
     """Validate the configuration and check that Redis and Sotion answer."""
-    settings = _settings()
+    from workers.groups import resolve_groups
+
+    settings = cli_jobs.settings_or_exit()
     console = Console()
+    env_file = click.get_current_context().meta.get(_ENV_FILE_META)
+    where = f"variables from {env_file}" if env_file else "environment only, no ./.env"
+    console.print(f"config: [green]ok[/] ({escape(str(where))})")
     failures = 0
     if settings.redis_url is None:
         console.print("redis: [yellow]REDIS_URL unset[/] (bridge run starts an embedded one)")
     else:
+        connection = connect(settings)
         try:
-            connect(settings).ping()
+            startup.check_redis(connection, settings.redis_url)
             console.print("redis: [green]ok[/]")
-        except redis.RedisError as exc:
+        except startup.StartupError as exc:
             failures += 1
-            console.print(f"redis: [red]unreachable[/] ({type(exc).__name__})")
+            # The worker's line without its "redis " (the label says it).
+            console.print(f"redis: [red]{escape(str(exc).removeprefix('redis '))}[/]")
+        finally:
+            connection.close()
+    sotion = None
     try:
         sotion = client_from_settings(settings)
-        site = sotion.site()
-        console.print(f"sotion: [green]ok[/] site {site.id} ({site.domain or '-'})")
-        if settings.products_file is not None:
-            from workers.groups import resolve_groups
-
-            catalog = resolve_groups(load_catalog(settings.products_file), sotion)
-            console.print(
-                f"products: [green]ok[/] {len(catalog.rules)} rule(s), "
-                f"{len(catalog.group_references())} group(s) found in Sotion"
-            )
-    except (SettingsError, SotionError) as exc:
+        site = startup.check_sotion(settings, sotion)
+        console.print(f"sotion: [green]ok[/] site {site.id} ({escape(site.domain or '-')})")
+    except (SettingsError, startup.StartupError) as exc:
         failures += 1
-        console.print(f"sotion: [red]{exc}[/]")
-    providers = {
-        "stripe": bool(settings.stripe_webhook_secrets),
-        "lemonsqueezy": bool(settings.lemonsqueezy_webhook_secrets),
-        "gumroad": bool(settings.gumroad_webhook_token),
-    }
-    for name, enabled in providers.items():
-        console.print(f"{name}: {'[green]enabled[/]' if enabled else '[yellow]disabled[/]'}")
+        if sotion is not None:
+            sotion.close()
+            sotion = None
+        console.print(f"sotion: [red]{escape(redact(str(exc)))}[/]")
+    if settings.products_file is not None:
+        try:
+            catalog = load_catalog(settings.products_file)
+            if sotion is None:
+                found = "groups not checked: Sotion did not answer"
+            else:
+                with startup.quiet_sotion():
+                    resolve_groups(catalog, sotion)
+                found = f"{len(catalog.group_references())} group(s) found in Sotion"
+            console.print(f"products: [green]ok[/] {len(catalog.rules)} rule(s), {found}")
+        except (SettingsError, SotionError) as exc:
+            failures += 1
+            console.print(f"products: [red]{escape(redact(str(exc)))}[/]")
+    for state in startup.providers(settings):
+        if state.enabled:
+            path = startup.WEBHOOK_PATHS[state.name]
+            console.print(
+                f"{state.name}: [green]enabled[/] at {escape(path)} ({escape(state.detail)})"
+            )
+        else:
+            console.print(f"{state.name}: [yellow]disabled[/] ({escape(state.detail)})")
+    if sotion is not None:
+        sotion.close()
     if failures:
         sys.exit(1)
 
@@ -237,64 +287,7 @@ main.add_command(cli_reconcile.backfill)
 main.add_command(cli_reconcile.reconcile)
 
 
-@main.group()
-def jobs() -> None:
-    """Inspect and replay the bridge's jobs."""
-
-
-@jobs.command("failed")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
-def jobs_failed(limit: int) -> None:
-    """List failed jobs with the reason each one failed."""
-    queue = bridge_queue(connect(_settings()))
-    rows = admin.failed_jobs(queue, limit=limit)
-    if not rows:
-        click.echo("no failed jobs")
-        return
-    table = Table("job", "event", "failed at", "reason")
-    for row in rows:
-        ended = row.ended_at.strftime("%Y-%m-%d %H:%M:%S") if row.ended_at else "-"
-        table.add_row(row.id, row.description, ended, row.reason)
-    Console(width=200).print(table)
-
-
-@jobs.command("parked")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
-def jobs_parked(limit: int) -> None:
-    """List events waiting for an event that names their buyer, with the reason."""
-    from workers.parking import parked_events
-
-    queue = bridge_queue(connect(_settings()))
-    rows = parked_events(queue, limit=limit)
-    if not rows:
-        click.echo("no parked events")
-        return
-    table = Table("job", "event", "parked at", "fails at", "reason")
-    for row in rows:
-        table.add_row(
-            row.job_id,
-            row.description,
-            row.parked_at.strftime("%Y-%m-%d %H:%M:%S") if row.parked_at else "-",
-            row.deadline.strftime("%Y-%m-%d %H:%M:%S") if row.deadline else "-",
-            row.reason,
-        )
-    Console(width=200).print(table)
-
-
-@jobs.command("replay")
-@click.argument("job_ids", nargs=-1)
-@click.option("--all", "replay_all", is_flag=True, help="Replay every failed job.")
-def jobs_replay(job_ids: tuple[str, ...], replay_all: bool) -> None:
-    """Put failed jobs back on the queue (applying an event twice changes nothing)."""
-    if not job_ids and not replay_all:
-        raise click.UsageError("name JOB_IDs or pass --all")
-    queue = bridge_queue(connect(_settings()))
-    ids = list(job_ids) or queue.failed_job_registry.get_job_ids(cleanup=False)
-    replayed, missing = admin.replay(queue, ids)
-    click.echo(f"replayed {len(replayed)} job(s)")
-    if missing:
-        click.echo(f"not failed or unknown: {', '.join(missing)}", err=True)
-        sys.exit(1)
+main.add_command(cli_jobs.jobs)
 
 
 @main.group()

@@ -1,6 +1,8 @@
 """gunicorn settings the command lines do not carry (``-c python:bridge.gunicorn_conf``).
 
-The Procfile's web process, the Dockerfile and ``bridge run`` all load this module.
+The Procfile's web process, the Dockerfile and ``bridge run`` all load this module. Its
+``on_starting`` hook runs the web's start-up (``.env``, settings, banner) once, in the
+master, before any worker exists.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from gunicorn.glogging import Logger
 from gunicorn.http.errors import InvalidHeader, UnsupportedTransferCoding
 from gunicorn.workers.ggevent import GeventWorker
 
-from bridge.redact import RedactingFormatter
+from bridge.errors import SettingsError
+from bridge.redact import RedactingFormatter, redact
+from bridge.startup import StartupError, prepare_web
 
 
 class BridgeGeventWorker(GeventWorker):  # type: ignore[misc]
@@ -60,3 +64,16 @@ class RedactingLogger(Logger):  # type: ignore[misc]
 
 
 logger_class = RedactingLogger
+
+
+def on_starting(server: Any) -> None:
+    """gunicorn's master, before any worker: read ``.env``, validate the settings and the
+    products file, log the banner once.
+
+    A bad value ends gunicorn here with one line naming the variable; in the workers it
+    would be a traceback per worker, then "Worker failed to boot".
+    """
+    try:
+        prepare_web()
+    except (SettingsError, StartupError) as exc:
+        raise SystemExit(f"Error: {redact(str(exc))}") from None

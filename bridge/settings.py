@@ -6,17 +6,26 @@ Tests build a :class:`Settings` directly instead of touching the environment.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from bridge.errors import SettingsError
 from bridge.membership import DisputeAction, Policy, RevokeAction
-from bridge.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    # RQ (and Redis) are imported by what uses the policy, not by whoever reads settings:
+    # gunicorn's master reads them before its gevent workers patch the standard library.
+    from bridge.retry import RetryPolicy
 
 # Where Sotion's v1 API lives (the docs also show /v1; the URL is configuration).
 DEFAULT_SOTION_API_URL = "https://api.sotion.so/api/v1"
@@ -35,7 +44,12 @@ _PLACEHOLDER_WORDS = ("your", "changeme", "change_me", "placeholder", "example",
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
-__all__ = ["Settings", "SettingsError", "policy", "retry_policy"]
+# The variables file every process reads at start, unless BRIDGE_ENV_FILE names another.
+DEFAULT_ENV_FILE = ".env"
+ENV_FILE_VARIABLE = "BRIDGE_ENV_FILE"
+_NAME_AT_START = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)")
+
+__all__ = ["Settings", "SettingsError", "load_env_file", "policy", "retry_policy"]
 
 
 @dataclass(frozen=True)
@@ -88,7 +102,9 @@ class Settings:
             self.gumroad_access_token,
         )
         listed = (*self.stripe_webhook_secrets, *self.lemonsqueezy_webhook_secrets)
-        return tuple(value for value in (*single, *listed) if value)
+        # A managed Redis's URL carries its password (Heroku: redis://:p4ss@host:port).
+        redis_password = urlsplit(self.redis_url).password if self.redis_url else None
+        return tuple(value for value in (*single, *listed, redis_password) if value)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -149,6 +165,46 @@ class Settings:
                 "BRIDGE_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO"
             ),
         )
+
+
+def load_env_file(
+    path: str | Path | None = None, environ: MutableMapping[str, str] | None = None
+) -> Path | None:
+    """Add the variables of an env file to ``environ`` (``os.environ``), never replacing one
+    already set there; return the file read, or None when there was none.
+
+    The file is ``path``, else the one BRIDGE_ENV_FILE names (both must exist), else
+    ``.env`` in the current directory if there is one. A line that is not ``NAME=value``
+    is a SettingsError naming the file and the line, never showing the value.
+    """
+    environ = os.environ if environ is None else environ
+    named = str(path) if path is not None else (environ.get(ENV_FILE_VARIABLE) or "").strip()
+    file = Path(named or DEFAULT_ENV_FILE)
+    if not named and not file.is_file():
+        return None
+    where = f"{ENV_FILE_VARIABLE} ({file})" if named and path is None else str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"{where}: cannot read the file: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"{where}: the file is not UTF-8") from exc
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            statement = binding.original.string
+            # A statement's text starts with the blank lines before it.
+            blank = statement[: len(statement) - len(statement.lstrip())].count("\n")
+            start = _NAME_AT_START.match(statement)
+            about = f" ({start.group(1)})" if start else ""
+            raise SettingsError(
+                f"{where}: line {binding.original.line + blank}{about} is not NAME=value "
+                "(a value with spaces or # needs quotes; a quote must be closed)"
+            )
+    for name, value in dotenv_values(stream=io.StringIO(text)).items():
+        # A bare NAME (no =) leaves the variable as the environment has it.
+        if value is not None and name not in environ:
+            environ[name] = value
+    return file
 
 
 def _real(value: str | None, name: str) -> str | None:
@@ -337,6 +393,8 @@ class _Env:
 
 def retry_policy(settings: Settings) -> RetryPolicy:
     """The job retry policy the settings describe."""
+    from bridge.retry import RetryPolicy
+
     return RetryPolicy(attempts=settings.retry_attempts, base_seconds=settings.retry_base_seconds)
 
 

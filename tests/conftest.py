@@ -22,6 +22,10 @@ from bridge.settings import Settings
 from bridge.sotion import LegacySotionClient, SotionClient
 from workers import runtime as worker_runtime
 
+# A developer's own .env in the checkout never reaches the tests (the tests of .env
+# loading name their files themselves).
+os.environ.setdefault("BRIDGE_ENV_FILE", os.devnull)
+
 SANDBOX_KEY = "so_test_key"
 LEGACY_KEY = "d600c2d2-e07e-46b9-b79a-f0376aaa303d"
 LEGACY_SITE = "E1CP6DYM2JF6H"

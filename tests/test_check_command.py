@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from bridge.embedded import free_port
 from bridge.sandbox import SandboxServer
 from bridge.sotion import SotionClient
-from tests.conftest import SANDBOX_KEY
+from tests.conftest import SANDBOX_KEY, STRIPE_SECRET
 
 ROOT = Path(__file__).resolve().parents[1]
 # Variables of the caller's environment that must not leak into the checked one.
@@ -122,4 +123,30 @@ def test_check_fails_when_sotion_refuses_the_api_key(run_check: RunCheck) -> Non
     assert result.returncode == 1, output
     assert "redis: ok" in output
     assert "sotion: ok" not in output
-    assert "status=401" in output
+    assert "sotion: SOTION_API_KEY was refused by Sotion (401)" in output
+
+
+def test_check_names_an_unreachable_redis_by_its_url_without_the_password(
+    run_check: RunCheck,
+) -> None:
+    port = free_port()
+
+    result = run_check(REDIS_URL=f"redis://:hunter2-password@127.0.0.1:{port}/0")
+
+    output = output_of(result)
+    assert result.returncode == 1, output
+    assert f"redis: unreachable at redis://:***@127.0.0.1:{port}/0 (ConnectionError): " in output
+    assert "hunter2-password" not in output
+    assert "sotion: ok" in output  # the other checks still ran
+
+
+def test_check_lists_each_provider_enabled_at_its_path_or_disabled_and_why(
+    run_check: RunCheck,
+) -> None:
+    result = run_check(STRIPE_WEBHOOK_SECRET=STRIPE_SECRET)
+
+    output = output_of(result)
+    assert result.returncode == 0, output
+    assert "stripe: enabled at /webhooks/stripe (1 signing secret, STRIPE_API_KEY unset)" in output
+    assert "lemonsqueezy: disabled (LEMONSQUEEZY_WEBHOOK_SECRET unset;" in output
+    assert "gumroad: disabled (GUMROAD_WEBHOOK_TOKEN unset;" in output

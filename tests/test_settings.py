@@ -244,3 +244,9 @@ def test_bad_policies_fail_naming_the_variable(environ: dict[str, str], named: s
 def test_infinite_park_hours_fail_naming_the_variable() -> None:
     with pytest.raises(SettingsError, match="BRIDGE_PARK_HOURS"):
         Settings.from_env({"BRIDGE_PARK_HOURS": "inf"})
+
+
+def test_the_redis_urls_password_is_a_secret_masked_in_logs() -> None:
+    settings = Settings.from_env({"REDIS_URL": "rediss://default:p4ssw0rd-redis@host:6380/0"})
+    assert "p4ssw0rd-redis" in settings.secret_values()
+    assert Settings.from_env({"REDIS_URL": "redis://host:6379/0"}).secret_values() == ()

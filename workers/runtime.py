@@ -15,11 +15,12 @@ from bridge.products import Catalog, load_catalog
 from bridge.queues import RESYNC_JOB, bridge_queue, connect
 from bridge.redact import register_secrets
 from bridge.settings import Settings, SettingsError, policy, retry_policy
-from bridge.sotion import SotionAPI, client_from_settings
+from bridge.sotion import SotionAPI, SotionError, client_from_settings
 from bridge.sources import Source
 from bridge.sources.gumroad import GumroadSource
 from bridge.sources.lemonsqueezy import LemonSqueezySource
 from bridge.sources.stripe import StripeSource
+from bridge.startup import StartupError
 from bridge.stripe_api import StripeAPI
 from workers.budget import SharedBudget
 from workers.groups import resolve_groups
@@ -57,7 +58,8 @@ def build(settings: Settings, connection: redis.Redis | None = None) -> Runtime:
     """Build the runtime; SettingsError names what is missing or wrong.
 
     With a products file, its group names are resolved against Sotion here, so a name
-    that does not exist stops the worker at start-up instead of failing every job.
+    that does not exist stops the worker at start-up instead of failing every job (and
+    Sotion failing to list them is a StartupError).
     """
     if settings.sotion_api_key is None:
         raise SettingsError("SOTION_API_KEY is required to run workers")
@@ -74,7 +76,13 @@ def build(settings: Settings, connection: redis.Redis | None = None) -> Runtime:
     )
     catalog = None
     if settings.products_file is not None:
-        catalog = resolve_groups(load_catalog(settings.products_file), sotion)
+        catalog = load_catalog(settings.products_file)
+        try:
+            catalog = resolve_groups(catalog, sotion)
+        except SotionError as exc:
+            raise StartupError(
+                f"BRIDGE_PRODUCTS: the access groups could not be read from Sotion: {exc}"
+            ) from exc
     stripe_api = (
         StripeAPI(settings.stripe_api_key, api_base=settings.stripe_api_base)
         if settings.stripe_api_key

@@ -1,5 +1,6 @@
 """The worker process: its work loop, which outlives a Redis restart, and what it does
-once at start (the job modules imported, a warning when Redis would lose events).
+once at start (Redis and Sotion checked, the banner logged, the job modules imported, a
+warning when Redis would lose events).
 
 The worker itself (what it does per job, its signals and maintenance) is
 ``workers/worker.py``.
@@ -15,7 +16,8 @@ import redis
 from rq.exceptions import StopRequested
 
 from bridge.queues import APPLY_EVENT_JOB, RECONCILE_JOB, RESYNC_JOB, bridge_queue, connect
-from bridge.settings import Settings
+from bridge.settings import Settings, SettingsError
+from bridge.startup import check_redis, check_sotion, log_banner, quiet_sotion
 from workers import runtime
 from workers.worker import REDIS_RETRY_MAX_SECONDS, BridgeWorker
 
@@ -45,9 +47,7 @@ def run(settings: Settings, *, burst: bool = False, name: str | None = None) -> 
     process, and its log shows why).
     """
     connection = connect(settings)
-    runtime.configure(settings, connection)
-    preload_jobs()
-    warn_about_persistence(connection)
+    start(settings, connection)
     worked = False
     wait = 0.5
     quick_restarts = 0
@@ -87,6 +87,27 @@ def run(settings: Settings, *, burst: bool = False, name: str | None = None) -> 
         except StopRequested:  # a signal between two loops (RQ's handlers are still set)
             return worked
         wait = min(wait * 2, REDIS_RETRY_MAX_SECONDS)
+
+
+def start(settings: Settings, connection: redis.Redis) -> None:
+    """Everything before the first job: Redis answers, Sotion accepts the key and URL, the
+    runtime is built (the products file read, its groups found in Sotion), the banner.
+
+    A worker that cannot do its jobs refuses to start, with a SettingsError or StartupError
+    (``bridge.startup``) whose one line names the variable or the service: a wrong key
+    found here is not found later by every job failing with 401.
+    """
+    if settings.sotion_api_key is None:
+        raise SettingsError("SOTION_API_KEY is required to run workers")
+    assert settings.redis_url is not None  # connect() required it
+    check_redis(connection, settings.redis_url)
+    site = check_sotion(settings)
+    with quiet_sotion():
+        built = runtime.configure(settings, connection)
+    log_banner(settings, "worker", built.catalog)
+    log.info("sotion: site %s (%s) at %s", site.id, site.domain or "-", settings.sotion_api_url)
+    preload_jobs()
+    warn_about_persistence(connection)
 
 
 class WorkerLoopError(RuntimeError):

@@ -278,9 +278,14 @@ class Traffic:
         return body
 
     def calls(self, method: str | None = None) -> list[Call]:
-        """The requests received so far (of one method), oldest first."""
+        """The requests received so far (of one method), oldest first, without the workers'
+        start-up check of the key (``GET /site``): the calls of jobs."""
         with self._lock:
-            return [c for c in self._calls if method is None or c.method == method]
+            return [
+                c
+                for c in self._calls
+                if (method is None or c.method == method) and not c.path.endswith("/site")
+            ]
 
     def creates(self) -> list[Call]:
         """The member creations (POST /members) received so far."""

@@ -283,10 +283,10 @@ def test_sigterm_mid_job_stops_the_worker_within_30_s_and_the_job_finishes_elsew
     # The job's first Sotion call (whichever it is) hangs for longer than the shutdown
     # grace: it is interrupted and must go straight back on the queue.
     slow = sandbox_factory(latency=0.5, hang_seconds=SHUTDOWN_GRACE_SECONDS + 15)
-    slow.faults.inject("hang", count=1)
     traffic = watch(slow)
     fleet = fleets(redis_url, slow, SOTION_TIMEOUT="3,60")  # the hang is no read timeout
-    start_workers(fleet, redis_conn, 2)
+    start_workers(fleet, redis_conn, 2)  # each has checked the key (GET /site) by now
+    slow.faults.inject("hang", count=1)
     logs = fleet.logs()
 
     job_id = deliver(web, purchase(EMAIL, "term"))
