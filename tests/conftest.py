@@ -153,3 +153,15 @@ def runtime(settings: Settings, redis_conn: redis.Redis) -> Iterator[worker_runt
     built = worker_runtime.configure(settings, redis_conn)
     yield built
     worker_runtime.reset()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Captured output with a lone surrogate (the hostile-input tests log some) made
+    reportable: pytest-xdist sends reports between processes as UTF-8."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    report.sections = [
+        (name, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+        for name, text in report.sections
+    ]
