@@ -78,7 +78,7 @@ class Applier:
     def apply(self, event: MembershipEvent) -> Outcome:
         """Merge the event into its email's ledger and bring that member in line."""
         key = self.resolver.entitlement(event)
-        owner = self.store.owner_of(key) if key is not None else None
+        owner = self._owner_first(event, key)
         outcome = Outcome(event=event.dedupe_key, email="-", entitlement=key)
         if owner is None and self.unlisted(event):
             return outcome  # a product no rule lists, which the bridge never granted
@@ -121,6 +121,15 @@ class Applier:
             ",".join(outcome.actions),
         )
         return outcome
+
+    def _owner_first(self, event: MembershipEvent, key: str | None) -> str | None:
+        """The entitlement's owner where the pass needs it before claiming one: to tell an
+        unlisted product the bridge granted from one it never did, to learn from an event
+        that changes nothing, or to skip looking up an email the event does not name. An
+        event naming its email gets the owner from the claim itself (one round trip)."""
+        if key is None or (event.email and event.changes_entitlement and not self.unlisted(event)):
+            return None
+        return self.store.owner_of(key)
 
     def unlisted(self, event: MembershipEvent) -> bool:
         """True when a products file exists and lists none of the event's known products."""
