@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -27,7 +28,7 @@ from bridge.sandbox import SandboxConfig, SandboxServer
 from bridge.sandbox.config import API_KEY_PREFIX
 from bridge.sandbox.errors import SandboxError
 from bridge.sandbox.ratelimit import RateLimit
-from bridge.settings import ENV_FILE_VARIABLE, SettingsError, load_env_file
+from bridge.settings import ENV_FILE_VARIABLE, Settings, SettingsError, load_env_file
 from bridge.sotion import SotionError, client_from_settings
 
 # The key of the sandbox that `bridge run --sandbox` starts.
@@ -216,6 +217,8 @@ def worker(burst: bool) -> None:
     settings = cli_jobs.settings_or_exit()
     logs.configure(settings.log_level, settings.secret_values())
     try:
+        # REDIS_URL unset: the embedded Redis of the `bridge run` on this data dir.
+        settings = dataclasses.replace(settings, redis_url=discovery.locate(settings))
         run_worker(settings, burst=burst)
     except (SettingsError, startup.StartupError, WorkerLoopError) as exc:
         raise click.ClickException(redact(str(exc))) from exc
@@ -231,10 +234,12 @@ def check() -> None:
     env_file = click.get_current_context().meta.get(_ENV_FILE_META)
     where = f"variables from {env_file}" if env_file else "environment only, no ./.env"
     console.print(f"config: [green]ok[/] ({escape(str(where))})")
+    if settings.dry_run:
+        console.print("dry run: [yellow]on[/] (BRIDGE_DRY_RUN: Sotion writes are not sent)")
     failures = 0
     if settings.redis_url is None:
-        console.print("redis: [yellow]REDIS_URL unset[/] (bridge run starts an embedded one)")
-    else:
+        settings = _running_redis(settings, console)
+    if settings.redis_url is not None:
         connection = connect(settings)
         try:
             startup.check_redis(connection, settings.redis_url)
@@ -281,6 +286,17 @@ def check() -> None:
         sotion.close()
     if failures:
         sys.exit(1)
+
+
+def _running_redis(settings: Settings, console: Console) -> Settings:
+    """REDIS_URL unset: the embedded Redis of a running `bridge run`, when there is one."""
+    try:
+        url = discovery.locate(settings)
+    except SettingsError:
+        console.print("redis: [yellow]REDIS_URL unset[/] (bridge run starts an embedded one)")
+        return settings
+    console.print(f"redis: embedded, of the bridge running on {escape(str(settings.data_dir))}")
+    return dataclasses.replace(settings, redis_url=url)
 
 
 main.add_command(cli_reconcile.backfill)

@@ -84,6 +84,14 @@ class Plan:
         """True when Sotion already matches."""
         return not (self.create or self.patch or self.add_groups or self.remove_groups)
 
+    def calls(self) -> list[str]:
+        """The Sotion calls the plan makes, named as a job's result names them."""
+        named = [f"create:paid={self.bridge_paid}"] if self.create else []
+        if self.patch:
+            named.append("patch:" + ",".join(f"{k}={v}" for k, v in sorted(self.patch.items())))
+        named += [f"add-group:{group_id}" for group_id in sorted(self.add_groups)]
+        return named + [f"remove-group:{group_id}" for group_id in sorted(self.remove_groups)]
+
 
 # Dispute states that always count as a dispute (an inquiry counts only if the policy says).
 _DISPUTING = frozenset({DisputeState.OPEN, DisputeState.LOST})

@@ -27,6 +27,7 @@ COUNTERS = {
     "bridge_gumroad_refused": "Gumroad pings refused because Gumroad's API did not confirm them",
     "bridge_reconciles": "Scheduled reconciles by outcome",
     "bridge_reconcile_repairs": "Members a scheduled reconcile changed in Sotion",
+    "bridge_dry_run_writes": "Sotion writes a dry run (BRIDGE_DRY_RUN) planned and did not send",
 }
 
 

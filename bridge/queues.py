@@ -25,11 +25,16 @@ def connect(settings: Settings) -> redis.Redis:
     """A Redis client for ``settings.redis_url`` (connects lazily, fails fast)."""
     if settings.redis_url is None:
         raise SettingsError("REDIS_URL is required here (bridge run starts an embedded one)")
+    # Heroku Redis serves rediss:// with a self-signed certificate: REDIS_TLS_VERIFY=false
+    # (explicit, never the default) encrypts without checking who answers.
+    unverified = settings.redis_url.startswith("rediss:") and not settings.redis_tls_verify
+    tls = {"ssl_cert_reqs": None} if unverified else {}
     return redis.Redis.from_url(
         settings.redis_url,
         socket_connect_timeout=2,
         socket_timeout=5,
         health_check_interval=30,
+        **tls,
     )
 
 

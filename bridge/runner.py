@@ -16,6 +16,7 @@ from typing import Any
 
 from bridge.discovery import RunLock, new_record, read_record, remove_record, write_record
 from bridge.embedded import EmbeddedRedis, stop_stray
+from bridge.orphans import die_with_parent
 from bridge.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,17 @@ def run(environ: Mapping[str, str], *, host: str, port: int, lock: RunLock) -> i
             write_record(data_dir, record)
             if not signals.received:
                 # Sessions of their own: the terminal's signals (Ctrl-C, SIGHUP when it
-                # closes) reach this process only, which stops the children in order.
+                # closes) reach this process only, which stops the children in order; if
+                # it is killed outright, the kernel stops them (Linux).
                 for command in (gunicorn_command(host, port), worker_command()):
-                    children.append(subprocess.Popen(command, env=env, start_new_session=True))
+                    children.append(
+                        subprocess.Popen(
+                            command,
+                            env=env,
+                            start_new_session=True,
+                            preexec_fn=die_with_parent(),
+                        )
+                    )
             while not signals.received and all(child.poll() is None for child in children):
                 time.sleep(0.2)
         finally:

@@ -57,6 +57,8 @@ class Settings:
     """Every setting of the bridge, parsed and validated."""
 
     redis_url: str | None = None
+    # Whether a rediss:// server's certificate is checked (Heroku Redis: self-signed).
+    redis_tls_verify: bool = True
     data_dir: Path = Path(".bridge")
     sotion_api_key: str | None = None
     sotion_api_url: str = DEFAULT_SOTION_API_URL
@@ -88,6 +90,8 @@ class Settings:
     retry_attempts: int = 10
     retry_base_seconds: float = 5.0
     log_level: str = "INFO"
+    # The pipeline runs and the Sotion writes it would make are logged and counted, not sent.
+    dry_run: bool = False
 
     def __post_init__(self) -> None:
         _check_sotion(self)
@@ -114,6 +118,7 @@ class Settings:
         default_url = DEFAULT_LEGACY_URL if flavor == "legacy" else DEFAULT_SOTION_API_URL
         return cls(
             redis_url=env.url("REDIS_URL", schemes=("redis", "rediss", "unix")),
+            redis_tls_verify=env.boolean("REDIS_TLS_VERIFY", default=True),
             data_dir=Path(env.get("BRIDGE_DATA_DIR") or ".bridge"),
             sotion_api_key=_real(env.secret("SOTION_API_KEY"), "SOTION_API_KEY"),
             sotion_api_url=env.get("SOTION_API_URL") or default_url,
@@ -164,6 +169,7 @@ class Settings:
             log_level=env.choice(
                 "BRIDGE_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO"
             ),
+            dry_run=env.boolean("BRIDGE_DRY_RUN", default=False),
         )
 
 

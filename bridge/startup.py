@@ -134,6 +134,8 @@ def log_banner(settings: Settings, process: str, catalog: Catalog | None = None)
     )
     for state in providers(settings):
         log.info("%s", state.line())
+    if settings.dry_run:
+        log.warning("dry run: BRIDGE_DRY_RUN=true, Sotion writes are logged and counted, not sent")
 
 
 def masked_url(url: str) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from click.testing import CliRunner
 
 from bridge import discovery
@@ -206,3 +207,28 @@ def test_jobs_commands_use_the_recorded_embedded_redis(
     result = CliRunner().invoke(main, ["jobs", "failed"], env=env)
     assert result.exit_code == 0, result.output
     assert result.output.strip() == "no failed jobs"
+
+
+def test_worker_and_check_without_a_redis_say_so_in_one_line(
+    env: dict[str, str | None],
+) -> None:
+    worker = CliRunner().invoke(main, ["worker", "--burst"], env=env)
+    assert worker.exit_code == 1
+    assert worker.output.splitlines()[-1].startswith("Error: no Redis: set REDIS_URL")
+    check = CliRunner().invoke(main, ["check"], env=env)
+    assert check.exit_code == 0, check.output
+    assert "redis: REDIS_URL unset (bridge run starts an embedded one)" in check.output
+
+
+def test_worker_and_check_use_the_recorded_embedded_redis(
+    embedded: EmbeddedRedis, env: dict[str, str | None], tmp_path: Path
+) -> None:
+    discovery.write_record(tmp_path / "data", _record(embedded))
+    check = CliRunner().invoke(main, ["check"], env=env)
+    assert check.exit_code == 0, check.output
+    assert "redis: embedded, of the bridge running on" in check.output
+    assert "redis: ok" in check.output
+    worker = CliRunner().invoke(main, ["worker", "--burst"], env=env)
+    assert worker.exit_code == 0, worker.output
+    # It ran there: its scheduler put the periodic reconcile in that Redis.
+    assert redis.Redis.from_url(embedded.url).exists("bridge:reconcile:next") == 1

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import redis
 
 from bridge.membership import DisputeAction, Policy, RevokeAction
+from bridge.queues import connect
 from bridge.settings import DEFAULT_SOTION_API_URL, Settings, SettingsError
 from bridge.settings import policy as bridge_policy
 from bridge.sotion import LegacySotionClient, SotionClient, client_from_settings
@@ -250,3 +252,23 @@ def test_the_redis_urls_password_is_a_secret_masked_in_logs() -> None:
     settings = Settings.from_env({"REDIS_URL": "rediss://default:p4ssw0rd-redis@host:6380/0"})
     assert "p4ssw0rd-redis" in settings.secret_values()
     assert Settings.from_env({"REDIS_URL": "redis://host:6379/0"}).secret_values() == ()
+
+
+def test_rediss_urls_check_the_certificate_unless_told_not_to() -> None:
+    url = "rediss://:pw@redis.example.com:6380/0"
+    checked = connect(Settings.from_env({"REDIS_URL": url}))
+    unchecked = connect(Settings.from_env({"REDIS_URL": url, "REDIS_TLS_VERIFY": "false"}))
+
+    assert checked.connection_pool.connection_class is redis.SSLConnection
+    assert checked.connection_pool.connection_kwargs.get("ssl_cert_reqs", "required") == "required"
+    assert unchecked.connection_pool.connection_class is redis.SSLConnection
+    assert unchecked.connection_pool.connection_kwargs["ssl_cert_reqs"] is None
+    # Plain redis:// is untouched by the setting.
+    plain = connect(Settings.from_env({"REDIS_URL": "redis://h:6379/0", "REDIS_TLS_VERIFY": "0"}))
+    assert "ssl_cert_reqs" not in plain.connection_pool.connection_kwargs
+
+
+def test_a_malformed_tls_verify_or_dry_run_value_names_the_variable() -> None:
+    for name in ("REDIS_TLS_VERIFY", "BRIDGE_DRY_RUN"):
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({name: "sometimes"})

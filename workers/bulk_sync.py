@@ -89,7 +89,7 @@ class BulkSync:
         updates = [t for t in targets if not t.plan.create]
         if self.dry_run:
             for target in targets:
-                report.changes.append(MemberChange(mask_email(target.email), _describe(target)))
+                report.changes.append(MemberChange(mask_email(target.email), target.plan.calls()))
             return report
         for chunk in _chunks(creates, BULK_MAX):
             guard()
@@ -194,18 +194,6 @@ class BulkSync:
                 report.adopted += 1
             planned.append(target)
         return planned, stale
-
-
-def _describe(target: Target) -> list[str]:
-    plan = target.plan
-    actions: list[str] = []
-    if plan.create:
-        actions.append(f"create:paid={plan.bridge_paid}")
-    if plan.patch:
-        actions.append("patch:" + ",".join(f"{k}={v}" for k, v in sorted(plan.patch.items())))
-    actions += [f"add-group:{g}" for g in sorted(plan.add_groups)]
-    actions += [f"remove-group:{g}" for g in sorted(plan.remove_groups)]
-    return actions
 
 
 def _chunks(items: list[Target], size: int) -> Iterable[list[Target]]:

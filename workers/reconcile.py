@@ -27,6 +27,7 @@ from bridge.sotion import SotionAPI
 from bridge.sources import Batch, Source
 from workers.bulk_sync import BulkSync
 from workers.bulk_writes import SyncReport
+from workers.dry_run import count_unsent
 from workers.lease import Lease, LeaseBusyError
 from workers.observe import Merger, Tally
 from workers.store import PREFIX, Store
@@ -114,6 +115,7 @@ class Reconciler:
         sources: Mapping[str, Source],
         *,
         accept_test_events: bool = False,
+        always_dry: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -123,6 +125,8 @@ class Reconciler:
         self.intake = intake
         self.sources = dict(sources)
         self.accept_test_events = accept_test_events
+        # BRIDGE_DRY_RUN: every run is a dry run, whatever its caller asks.
+        self.always_dry = always_dry
         self._clock = clock
 
     def backfill(
@@ -163,7 +167,7 @@ class Reconciler:
             return source.changes(start, keys), False
 
         report = self._run("reconcile", providers, listing, dry_run, False, progress)
-        if not dry_run:
+        if not report.dry_run:
             for provider, offset in turns.items():
                 self.redis.set(_turn_key(provider), offset)
         return report
@@ -196,6 +200,7 @@ class Reconciler:
         adopt_paid: bool,
         progress: Progress | None,
     ) -> Report:
+        dry_run = dry_run or self.always_dry
         started = self._clock()
         lease = Lease(self.redis, RUN_LOCK_KEY, ttl=RUN_LOCK_SECONDS, wait=0, label=kind)
         try:
@@ -256,6 +261,8 @@ class Reconciler:
             report.sync = sync.run(
                 merger.overlay if dry_run else None, names, progress, guard=lease.ensure
             )
+            if self.always_dry:
+                count_unsent(self.redis, (a for c in report.sync.changes for a in c.actions))
             if not dry_run:
                 for provider in providers:
                     self.redis.set(_last_key(provider), repr(started))

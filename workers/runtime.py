@@ -127,6 +127,7 @@ def build(settings: Settings, connection: redis.Redis | None = None) -> Runtime:
         policy=policy(settings),
         catalog=catalog,
         schedule_resync=schedule_resync,
+        dry_run=settings.dry_run,
     )
     parking = Parking(
         queue,
@@ -164,6 +165,7 @@ def build(settings: Settings, connection: redis.Redis | None = None) -> Runtime:
         Intake(queue, retry_policy(settings)),
         sources,
         accept_test_events=settings.accept_test_events,
+        always_dry=settings.dry_run,
     )
     return Runtime(settings, connection, store, sotion, applier, catalog, parking, reconciler)
 

@@ -22,6 +22,7 @@ from bridge.membership import Policy, desired_member, newly_grants
 from bridge.products import Catalog
 from bridge.redact import mask_email
 from bridge.sotion import SotionAPI
+from workers.dry_run import DryRunWriter
 from workers.member_writes import Guard, MemberWriter
 from workers.resolve import Resolver
 from workers.store import Store
@@ -66,13 +67,16 @@ class Applier:
         catalog: Catalog | None = None,
         schedule_resync: ScheduleResync | None = None,
         clock: Callable[[], float] = time.time,
+        dry_run: bool = False,
     ) -> None:
         self.store = store
         self.resolver = resolver
         self.policy = policy or Policy()
         self.catalog = catalog
         self.schedule_resync = schedule_resync
-        self.writer = MemberWriter(store, sotion, self.policy)
+        # A dry run (BRIDGE_DRY_RUN) plans the same calls and sends none.
+        writer = DryRunWriter if dry_run else MemberWriter
+        self.writer = writer(store, sotion, self.policy)
         self._clock = clock
 
     def apply(self, event: MembershipEvent) -> Outcome:

@@ -95,8 +95,9 @@ STUCK_EXIT_DEADLINE_SECONDS = 5.0
 REDIS_RETRY_MAX_SECONDS = 5.0
 # RQ's idle wait is its worker TTL less 15 s.
 _WORKER_TTL = IDLE_WAKE_SECONDS + 15
-# A second stop signal this soon after the first is the same stop (RQ's rule: Ctrl+C
-# reaches a whole process group, and `bridge run` forwards it as SIGTERM).
+# A second stop signal this soon after the first is the same stop (RQ's rule: a Ctrl+C
+# or a closing terminal reaches a whole process group, and a service manager may signal
+# both the group and the process).
 _DUPLICATE_SIGNAL = timedelta(seconds=1)
 
 
