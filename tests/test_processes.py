@@ -126,10 +126,13 @@ def test_procfile_processes_turn_a_signed_event_into_a_paid_member(
     tmp_path: Path,
 ) -> None:
     commands = procfile()
-    assert set(commands) == {"web", "worker"}
+    assert set(commands) == {"release", "web", "worker"}
     port = free_port()
     env = dict(bridge_env, PORT=str(port))
     web_log, worker_log = tmp_path / "web.log", tmp_path / "worker.log"
+    # The release phase runs first; a non-zero exit would stop the deploy.
+    release = _start(commands["release"], env, tmp_path / "release.log")
+    assert release.wait(timeout=60) == 0, (tmp_path / "release.log").read_text()
     started.append(_start(commands["web"], env, web_log))
     started.append(_start(commands["worker"], env, worker_log))
     base = f"http://127.0.0.1:{port}"

@@ -187,7 +187,7 @@ WORKER_CASES = {
     ),
     "redis-url-unset": Case(
         lambda w: {"REDIS_URL": ""},
-        lambda w: "Error: REDIS_URL is required here",
+        lambda w: "Error: no Redis: set REDIS_URL, or start the bridge with `bridge run`",
     ),
     "products-file-missing": Case(
         lambda w: {"BRIDGE_PRODUCTS": str(w.tmp / "missing.toml")},
@@ -254,7 +254,10 @@ WEB_CASES = {
     "malformed-number": WORKER_CASES["malformed-number"],
     "malformed-stripe-secret": WORKER_CASES["malformed-stripe-secret"],
     "products-file-missing": WORKER_CASES["products-file-missing"],
-    "redis-url-unset": WORKER_CASES["redis-url-unset"],
+    "redis-url-unset": Case(
+        lambda w: {"REDIS_URL": ""},
+        lambda w: "Error: REDIS_URL is required here (bridge run starts an embedded one)",
+    ),
     "placeholder-key": Case(
         lambda w: {"SOTION_API_KEY": "so_your_key"},
         lambda w: "Error: SOTION_API_KEY is a placeholder, not a real secret",
