@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import hmac
-import json
 import os
 import signal
 import sys
-import time
-import uuid
 from pathlib import Path
 from types import FrameType
 
 import click
-import requests
 from rich.console import Console
 from rich.markup import escape
 
-from bridge import cli_jobs, cli_reconcile, discovery, logs, runner, startup
+from bridge import (
+    cli_connect,
+    cli_inspect,
+    cli_jobs,
+    cli_reconcile,
+    cli_status,
+    cli_trigger,
+    discovery,
+    logs,
+    runner,
+    startup,
+)
 from bridge.embedded import EmbeddedRedisError
 from bridge.products import load_catalog
 from bridge.queues import connect
@@ -304,54 +309,10 @@ main.add_command(cli_reconcile.reconcile)
 
 
 main.add_command(cli_jobs.jobs)
-
-
-@main.group()
-def demo() -> None:
-    """Send signed test webhooks to a running bridge."""
-
-
-@demo.command("stripe")
-@click.option("--email", required=True, help="The buyer's email.")
-@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The bridge.")
-@click.option("--secret", envvar="STRIPE_WEBHOOK_SECRET", default=runner.SANDBOX_STRIPE_SECRET)
-def demo_stripe(email: str, url: str, secret: str) -> None:
-    """A test-mode checkout.session.completed for EMAIL, signed with the secret."""
-    now = int(time.time())
-    session_id = f"cs_test_{uuid.uuid4().hex}"
-    event = {
-        "id": f"evt_test_{uuid.uuid4().hex[:24]}",
-        "object": "event",
-        "type": "checkout.session.completed",
-        "created": now,
-        "livemode": False,
-        "data": {
-            "object": {
-                "id": session_id,
-                "object": "checkout.session",
-                "mode": "payment",
-                "payment_status": "paid",
-                "status": "complete",
-                "payment_intent": f"pi_test_{uuid.uuid4().hex[:24]}",
-                "customer_details": {"email": email, "name": None},
-            }
-        },
-    }
-    body = json.dumps(event).encode()
-    signed = f"{now}.".encode() + body
-    signature = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
-    try:
-        response = requests.post(
-            url.rstrip("/") + "/webhooks/stripe",
-            data=body,
-            headers={"Stripe-Signature": f"t={now},v1={signature}"},
-            timeout=10,
-        )
-    except requests.RequestException as exc:
-        raise click.ClickException(f"the bridge did not answer: {exc}") from exc
-    click.echo(f"{response.status_code} {response.text.strip()}")
-    if response.status_code >= 300:
-        sys.exit(1)
+main.add_command(cli_inspect.member)
+main.add_command(cli_trigger.trigger)
+main.add_command(cli_connect.connect)
+main.add_command(cli_status.status)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@
 The events of one call are stored by one Lua script, in one round trip. For each event
 it checks the dedupe key and, when the key names a job, that job's status; then it makes
 the writes RQ's ``Queue.enqueue_job`` makes (the queue in ``rq:queues``, the job hash,
-the job id pushed onto the queue) and sets the dedupe key; last it adds to the webhook
-counters (``bridge/metrics.py``). Redis runs a script alone and, with the append-only
-file, answers only once its writes are on disk: either the job and its key both exist or
-neither, and concurrent copies of one event make one job.
+the job id pushed onto the queue), sets the dedupe key and adds the job to its buyer's
+event index (``bridge member``); last it adds to the webhook counters
+(``bridge/metrics.py``) and records the provider's last event (``bridge status``). The
+script's text and its keys are in ``bridge/intake_script.py``. Redis runs a script alone
+and, with the append-only file, answers only once its writes are on disk: either the job
+and its key both exist or neither, and concurrent copies of one event make one job.
 
 A duplicate is refused only while its job is alive or done: when the earlier job failed
 for good (or was stopped or canceled) the redelivery is accepted again, so a provider's
@@ -19,6 +21,7 @@ one (a few round trips, for a rare case).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +35,14 @@ from rq.utils import as_text, now
 
 from bridge import metrics
 from bridge.events import MembershipEvent
+from bridge.intake_script import (
+    LAST_EVENT_KEY,
+    MEMBER_EVENTS_MAX,
+    RECENT_EVENTS_KEY,
+    RECENT_EVENTS_MAX,
+    STORE_SCRIPT,
+    member_events_key,
+)
 from bridge.queues import APPLY_EVENT_JOB, FAILURE_TTL, JOB_TIMEOUT, RESULT_TTL
 from bridge.redact import mask_email
 from bridge.retry import RetryPolicy
@@ -49,58 +60,6 @@ _DEAD = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
 # Events per script call from submit(): one call blocks Redis while it runs.
 BATCH_SIZE = 200
 
-# The script. KEYS: the queue, rq:queues, the metrics hash, then per event its dedupe key
-# and the key of its new job. ARGV[1..7]: the dedupe TTL, the job key prefix, the dead
-# statuses (comma-separated), four counter fields ("" for none: events queued, events
-# duplicate, webhook queued, webhook duplicate); from ARGV[8], per event: its job id, the
-# number of fields of its job hash, then those fields and values. The job key a dedupe
-# key names is read without being declared in KEYS: fine on one Redis (RQ's keys are not
-# cluster-safe either). Returns one integer per event, 1 queued and 0 duplicate, or {-1}
-# when a dedupe key names a dead job: then nothing was written.
-_STORE_SCRIPT = """
-local queue, queues, counters = KEYS[1], KEYS[2], KEYS[3]
-local ttl, job_prefix = ARGV[1], ARGV[2]
-local dead = {}
-for status in string.gmatch(ARGV[3], '[^,]+') do dead[status] = true end
-local events = (#KEYS - 3) / 2
-
-for i = 1, events do
-  local previous = redis.call('GET', KEYS[2 + 2 * i])
-  if previous then
-    local status = redis.call('HGET', job_prefix .. previous, 'status')
-    if status and dead[status] then return {-1} end
-  end
-end
-
-local outcomes, queued = {}, 0
-local at = 8
-for i = 1, events do
-  local dedupe, job = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
-  local job_id, last = ARGV[at], at + 1 + 2 * tonumber(ARGV[at + 1])
-  if redis.call('EXISTS', dedupe) == 1 then
-    outcomes[i] = 0
-  else
-    -- The dedupe key last: a write refused half-way leaves a job without its key (a
-    -- redelivery makes a second, idempotent job), never a key naming no job (lost).
-    redis.call('SADD', queues, queue)
-    redis.call('HSET', job, unpack(ARGV, at + 2, last))
-    redis.call('RPUSH', queue, job_id)
-    redis.call('SET', dedupe, job_id, 'EX', ttl)
-    outcomes[i] = 1
-    queued = queued + 1
-  end
-  at = last + 1
-end
-
--- pcall: a counter that cannot be written loses the count, never the events.
-local function count(name, amount)
-  if name ~= '' and amount > 0 then redis.pcall('HINCRBY', counters, name, amount) end
-end
-count(ARGV[4], queued)
-count(ARGV[5], events - queued)
-if queued > 0 then count(ARGV[6], 1) else count(ARGV[7], 1) end
-return outcomes
-"""
 _DEAD_JOB = -1
 
 
@@ -114,12 +73,14 @@ class IntakeResult:
 
 @dataclass(frozen=True)
 class _Counters:
-    """The metrics fields one webhook delivery adds to."""
+    """The metrics fields one webhook delivery adds to, and its provider ("" for a call
+    that is no delivery: no last event is recorded)."""
 
     events_queued: str = ""
     events_duplicate: str = ""
     webhook_queued: str = ""
     webhook_duplicate: str = ""
+    provider: str = ""
 
     @classmethod
     def of(cls, provider: str) -> _Counters:
@@ -129,7 +90,13 @@ class _Counters:
         def events(outcome: str) -> str:
             return metrics.field("bridge_events", provider=provider, outcome=outcome)
 
-        return cls(events("queued"), events("duplicate"), webhooks("queued"), webhooks("duplicate"))
+        return cls(
+            events("queued"),
+            events("duplicate"),
+            webhooks("queued"),
+            webhooks("duplicate"),
+            provider,
+        )
 
 
 class Intake:
@@ -140,7 +107,7 @@ class Intake:
         self.connection: redis.Redis = queue.connection
         self.retry_policy = retry_policy
         # EVALSHA, loading the script again after NOSCRIPT (a Redis restart, SCRIPT FLUSH).
-        self._store_script = self.connection.register_script(_STORE_SCRIPT)
+        self._store_script = self.connection.register_script(STORE_SCRIPT)
 
     def submit(self, events: Iterable[MembershipEvent]) -> IntakeResult:
         """Queue every event not seen before; Redis errors propagate (the view says 503)."""
@@ -189,7 +156,14 @@ class Intake:
         if not events:
             return
         jobs = [self._job(event) for event in events]
-        keys: list[str] = [self.queue.key, self.queue.redis_queues_keys, metrics.METRICS_KEY]
+        received = time.time()
+        keys: list[str] = [
+            self.queue.key,
+            self.queue.redis_queues_keys,
+            metrics.METRICS_KEY,
+            LAST_EVENT_KEY,
+            RECENT_EVENTS_KEY,
+        ]
         args: list[Any] = [
             DEDUPE_TTL_SECONDS,
             self.queue.job_class.redis_job_namespace_prefix,
@@ -198,14 +172,18 @@ class Intake:
             counters.events_duplicate,
             counters.webhook_queued,
             counters.webhook_duplicate,
+            counters.provider,
+            repr(received),
+            int(received),
         ]
         for event, job in zip(events, jobs, strict=True):
-            keys += [DEDUPE_PREFIX + event.dedupe_key, job.key]
+            index = member_events_key(event.email) if event.email else ""
+            keys += [DEDUPE_PREFIX + event.dedupe_key, job.key, index]
             fields = _hash_fields(job)
             args += [job.id, len(fields) // 2, *fields]
         outcomes = self._store_script(keys=keys, args=args)
         if outcomes == [_DEAD_JOB]:
-            self._replace_dead(events, jobs, counters, result)
+            self._replace_dead(events, jobs, counters, result, received)
             return
         for event, job, outcome in zip(events, jobs, outcomes, strict=True):
             self._record(event, job.id if outcome else None, result)
@@ -216,14 +194,20 @@ class Intake:
         jobs: list[Job],
         counters: _Counters,
         result: IntakeResult,
+        received: float,
     ) -> None:
         """The slow path: each event in its own WATCH/MULTI transaction, RQ deleting the
-        dead job it replaces; then the counters (a lost count never fails the request)."""
+        dead job it replaces; then the counters and the last event (a lost count never
+        fails the request)."""
         queued = 0
+        last_job: str | None = None
         for event, job in zip(events, jobs, strict=True):
-            stored = self._transact(event, job)
+            stored = self._transact(event, job, received)
             queued += stored
             self._record(event, job.id if stored else None, result)
+            last_job = job.id if stored else last_job
+        if counters.provider and last_job:
+            self.connection.hset(LAST_EVENT_KEY, counters.provider, f"{last_job}|{int(received)}")
         increments = [
             (counters.events_queued, queued),
             (counters.events_duplicate, len(events) - queued),
@@ -233,7 +217,7 @@ class Intake:
             if name and amount:
                 metrics.increment(self.connection, name, amount)
 
-    def _transact(self, event: MembershipEvent, job: Job) -> bool:
+    def _transact(self, event: MembershipEvent, job: Job, received: float) -> bool:
         """Store ``job`` unless ``event`` is a duplicate of a live job (True if stored)."""
         key = DEDUPE_PREFIX + event.dedupe_key
         with self.connection.pipeline() as pipe:
@@ -250,6 +234,13 @@ class Intake:
                         dead.delete(pipeline=pipe)
                     self.queue.enqueue_job(job, pipeline=pipe)
                     pipe.set(key, job.id, ex=DEDUPE_TTL_SECONDS)
+                    pipe.zadd(RECENT_EVENTS_KEY, {job.id: received})
+                    pipe.zremrangebyrank(RECENT_EVENTS_KEY, 0, -RECENT_EVENTS_MAX - 1)
+                    if event.email:
+                        index = member_events_key(event.email)
+                        pipe.zadd(index, {job.id: received})
+                        pipe.zremrangebyrank(index, 0, -MEMBER_EVENTS_MAX - 1)
+                        pipe.expire(index, DEDUPE_TTL_SECONDS)
                     pipe.execute()
                     return True
                 except (redis.WatchError, InvalidJobOperation):

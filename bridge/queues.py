@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+from datetime import UTC, datetime
+
 import redis
-from rq import Queue
+from rq import Queue, Retry
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from bridge.settings import Settings, SettingsError
@@ -41,3 +45,38 @@ def connect(settings: Settings) -> redis.Redis:
 def bridge_queue(connection: redis.Redis) -> Queue:
     """The bridge's queue, with the JSON serializer (never pickle)."""
     return Queue(QUEUE_NAME, connection=connection, serializer=JSONSerializer)
+
+
+def enqueue_resync(
+    queue: Queue,
+    email: str,
+    *,
+    at: float | None = None,
+    retry: Retry | None = None,
+    reason: str,
+    fresh: bool = False,
+) -> Job:
+    """A job that brings ``email``'s member in line with its ledger, now or ``at``; one
+    per email and moment, however many ask for it. ``fresh``: against the member as
+    Sotion has it then (a change made by hand is repaired), not as last written."""
+    digest = hashlib.sha256(email.encode()).hexdigest()[:16]
+    if at is None:
+        moment = datetime.now(UTC)
+        return queue.enqueue(
+            RESYNC_JOB,
+            email,
+            fresh,
+            job_id=f"resync-{digest}-{int(moment.timestamp())}",
+            description=f"re-sync {reason}",
+            retry=retry,
+        )
+    scheduled: Job = queue.enqueue_at(
+        datetime.fromtimestamp(at, UTC),
+        RESYNC_JOB,
+        email,
+        fresh,
+        job_id=f"resync-{digest}-{int(at)}",
+        description=f"re-sync {reason}",
+        retry=retry,
+    )
+    return scheduled

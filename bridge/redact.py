@@ -70,6 +70,16 @@ def redact(text: str) -> str:
     return _EMAIL.sub(lambda match: f"{match.group(1)[:1]}{MASK}@{match.group(2)}", text)
 
 
+def redact_values(text: str, values: Iterable[str | None]) -> str:
+    """:func:`redact`, and these values masked too wherever they appear, however short
+    (the personal fields of one payload: a display name; emails are masked as always)."""
+    text = redact(text)
+    found = {v for v in values if v and len(v.strip()) >= 2 and "@" not in v}
+    for value in sorted(found, key=len, reverse=True):
+        text = text.replace(value, MASK)
+    return text
+
+
 class RedactingFormatter(logging.Formatter):
     """A formatter whose whole output (message, arguments, traceback) is redacted."""
 

@@ -38,6 +38,8 @@ SOTION_FLAVORS = ("v1", "legacy")
 _STRIPE_SECRET = re.compile(r"whsec_[A-Za-z0-9]{24,}")
 MIN_LEMONSQUEEZY_SECRET = 16
 MIN_GUMROAD_TOKEN = 32
+# The operator page's login token: guessing it opens every buyer's record.
+MIN_ADMIN_TOKEN = 32
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
 # Values copied from an example and never replaced (compared lowercased, in part).
 _PLACEHOLDER_WORDS = ("your", "changeme", "change_me", "placeholder", "example", "xxxx", "replace")
@@ -92,6 +94,8 @@ class Settings:
     log_level: str = "INFO"
     # The pipeline runs and the Sotion writes it would make are logged and counted, not sent.
     dry_run: bool = False
+    # The operator's page (/admin): off (404) unless set; the token logs in.
+    admin_token: str | None = None
 
     def __post_init__(self) -> None:
         _check_sotion(self)
@@ -104,6 +108,7 @@ class Settings:
             self.lemonsqueezy_api_key,
             self.gumroad_webhook_token,
             self.gumroad_access_token,
+            self.admin_token,
         )
         listed = (*self.stripe_webhook_secrets, *self.lemonsqueezy_webhook_secrets)
         # A managed Redis's URL carries its password (Heroku: redis://:p4ss@host:port).
@@ -170,6 +175,7 @@ class Settings:
                 "BRIDGE_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO"
             ),
             dry_run=env.boolean("BRIDGE_DRY_RUN", default=False),
+            admin_token=_admin_token(env.secret("BRIDGE_ADMIN_TOKEN")),
         )
 
 
@@ -265,6 +271,12 @@ def _gumroad_token(value: str | None) -> str | None:
             "segment); e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
     return value
+
+
+def _admin_token(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return _long(_real(value, "BRIDGE_ADMIN_TOKEN"), MIN_ADMIN_TOKEN, "BRIDGE_ADMIN_TOKEN")
 
 
 def _check_sotion(settings: Settings) -> None:

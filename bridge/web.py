@@ -12,7 +12,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from bridge import metrics
+from bridge import activity, metrics
 from bridge.app import current_bridge
 from bridge.errors import BodyError, BridgeError, PayloadError, ProviderDisabledError
 from bridge.events import MembershipEvent, clamped, unusable_reason
@@ -22,6 +22,9 @@ from bridge.redact import redact
 log = logging.getLogger(__name__)
 
 bp = Blueprint("bridge", __name__)
+
+# A request header asking the webhook answer to name its jobs and why events were ignored.
+EXPLAIN_HEADER = "X-Bridge-Explain"
 
 
 @bp.post("/webhooks/stripe")
@@ -115,6 +118,8 @@ def _accept(provider: str, events: list[MembershipEvent]) -> ResponseReturnValue
     bridge = current_bridge()
     now = time.time()
     usable = []
+    # Why events were acknowledged without being queued, for the sender (`bridge trigger`).
+    reasons: dict[str, int] = {}
     for event in events:
         reason = unusable_reason(event)
         if reason is None:
@@ -124,18 +129,33 @@ def _accept(provider: str, events: list[MembershipEvent]) -> ResponseReturnValue
             raise PayloadError(f"Gumroad ping refused: {reason}")
         log.warning("unusable event acknowledged key=%.80s reason=%s", event.dedupe_key, reason)
         metrics.count(bridge.redis, "bridge_events", provider=provider, outcome="unusable")
+        reasons["unusable"] = reasons.get("unusable", 0) + 1
     # Products no rule lists are ignored by the worker, which sees the whole ledger: here
     # an unlisted price may still be the update or the end of a purchase once granted.
     wanted = [e for e in usable if bridge.settings.accept_test_events or not e.test_mode]
+    if len(wanted) < len(usable):
+        reasons["test_mode"] = len(usable) - len(wanted)
     # Stored and counted (bridge_webhooks, bridge_events) in one round trip.
     result = bridge.intake.receive(provider, wanted)
-    ignored = len(events) - len(wanted)
-    return jsonify(
-        received=True,
-        queued=len(result.queued),
-        duplicates=len(result.duplicates),
-        ignored=ignored,
-    )
+    # The operator page's chart: what was acknowledged without a job (queued ones are
+    # counted by the worker, once their outcome is known). Nothing to write, no round trip.
+    acknowledged = {
+        "duplicate": len(result.duplicates),
+        "ignored": reasons.get("test_mode", 0),
+        "unusable": reasons.get("unusable", 0),
+    }
+    for outcome, amount in acknowledged.items():
+        activity.record(bridge.redis, provider, outcome, amount)
+    answer: dict[str, object] = {
+        "received": True,
+        "queued": len(result.queued),
+        "duplicates": len(result.duplicates),
+        "ignored": len(events) - len(wanted),
+    }
+    if request.headers.get(EXPLAIN_HEADER) == "1":
+        # Asked for by `bridge trigger`: the job ids to follow and why events were ignored.
+        answer.update(jobs=result.queued, ignored_reasons=reasons)
+    return jsonify(answer)
 
 
 @bp.before_app_request

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 
 import pytest
 import redis
 from click.testing import CliRunner
-from flask import Flask
 from flask.testing import FlaskClient
 from rq import Queue
-from werkzeug.serving import make_server
 
 from bridge.cli import main
 from bridge.sandbox import SandboxServer
@@ -123,39 +120,3 @@ def test_worker_command_in_burst_mode_applies_queued_events(
     assert result.exit_code == 0, result.output
     member = sotion_api.find_member_by_email("burst@example.com")
     assert member is not None and member.paid is True
-
-
-def test_demo_sends_a_signed_purchase_the_bridge_queues(
-    app: Flask, queue: Queue, env: dict[str, str]
-) -> None:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}"
-        result = CliRunner().invoke(
-            main, ["demo", "stripe", "--email", "demo@example.com", "--url", url], env=env
-        )
-    finally:
-        server.shutdown()
-    assert result.exit_code == 0, result.output
-    assert result.output.startswith("200 ")
-    assert queue.count == 1
-    (job,) = queue.get_jobs()
-    assert job.args[0]["email"] == "demo@example.com"
-
-
-def test_demo_with_the_wrong_secret_is_refused(app: Flask, env: dict[str, str]) -> None:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}"
-        result = CliRunner().invoke(
-            main,
-            ["demo", "stripe", "--email", "x@example.com", "--url", url, "--secret", "whsec_no"],
-            env=env,
-        )
-    finally:
-        server.shutdown()
-    assert result.exit_code == 1
-    assert result.output.startswith("400 ")

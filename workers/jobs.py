@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from typing import Any
 
+import redis
 from rq import get_current_job
 from rq.exceptions import ShutDownImminentException
 
-from bridge import metrics
+from bridge import activity, metrics
 from bridge.events import MembershipEvent
 from bridge.gumroad_confirm import GumroadMismatchError
+from bridge.intake import DEDUPE_TTL_SECONDS
+from bridge.intake_script import MEMBER_EVENTS_MAX, member_events_key
 from bridge.sotion import RateLimitedError
 from workers import runtime
 from workers.reconcile import ReconcileBusyError
@@ -39,7 +43,7 @@ def apply_membership_event(payload: dict[str, Any], final: bool = False) -> dict
                 ) from exc
             parked = current.parking.park(event, str(exc))
             if parked is not None:
-                metrics.count(current.redis, "bridge_jobs", outcome="parked")
+                count_outcome(current, event, "parked")
                 return {"event": event.dedupe_key, "parked": parked, "reason": str(exc)}
             # Its email was learned meanwhile: apply it now.
             outcome = current.applier.apply(event).to_json()
@@ -48,19 +52,52 @@ def apply_membership_event(payload: dict[str, Any], final: bool = False) -> dict
         raise
     except Exception as exc:
         retrying = steer_retry(exc)
-        metrics.count(current.redis, "bridge_jobs", outcome="retrying" if retrying else "failed")
+        count_outcome(current, event, "retrying" if retrying else "failed")
         if isinstance(exc, GumroadMismatchError):
             metrics.count(current.redis, "bridge_gumroad_refused", reason=exc.code)
+        index_for_owner(current, event, event.entitlement)
         raise
     current.parking.wake(event)
-    metrics.count(current.redis, "bridge_jobs", outcome="applied")
+    index_for_owner(current, event, outcome.get("entitlement"))
+    count_outcome(current, event, "applied")
     return outcome
 
 
-def resync_member(email: str) -> dict[str, Any]:
-    """Bring one member in line with their ledger (scheduled when a grace runs out)."""
+def count_outcome(current: runtime.Runtime, event: MembershipEvent, outcome: str) -> None:
+    """What the job came to: the Prometheus counter and the operator page's chart."""
+    metrics.count(current.redis, "bridge_jobs", outcome=outcome)
+    if outcome != "retrying":  # the chart counts each delivery once, where it ends
+        activity.record(current.redis, event.provider, outcome)
+
+
+def index_for_owner(current: runtime.Runtime, event: MembershipEvent, key: str | None) -> None:
+    """List the running job among the events of the entitlement's owner when the event
+    names another email or none (the intake listed it under the event's own email), so
+    ``bridge member`` shows it."""
+    job = get_current_job()
+    if job is None or key is None:
+        return
     try:
-        actions = runtime.current().applier.resync(email)
+        owner = current.store.owner_of(key)
+        if owner is None or owner == event.email:
+            return
+        index = member_events_key(owner)
+        received = job.created_at.timestamp() if job.created_at else time.time()
+        pipe = current.redis.pipeline(transaction=False)
+        pipe.zadd(index, {job.id: received})
+        pipe.zremrangebyrank(index, 0, -MEMBER_EVENTS_MAX - 1)
+        pipe.expire(index, DEDUPE_TTL_SECONDS)
+        pipe.execute()
+    except redis.RedisError:
+        # Only the listing is lost; the job's own outcome stands (or its error propagates).
+        log.warning("could not index job=%s for its owner", job.id, exc_info=True)
+
+
+def resync_member(email: str, fresh: bool = False) -> dict[str, Any]:
+    """Bring one member in line with their ledger (scheduled when a grace runs out;
+    ``fresh``, asked for by the operator: against the member as Sotion has it now)."""
+    try:
+        actions = runtime.current().applier.resync(email, fresh=fresh)
     except ShutDownImminentException:
         put_back_now()
         raise

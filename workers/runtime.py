@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import redis
 
@@ -12,7 +10,7 @@ from bridge.gumroad_api import GumroadAPI
 from bridge.intake import Intake
 from bridge.lemonsqueezy_api import LemonSqueezyAPI
 from bridge.products import Catalog, load_catalog
-from bridge.queues import RESYNC_JOB, bridge_queue, connect
+from bridge.queues import bridge_queue, connect, enqueue_resync
 from bridge.redact import register_secrets
 from bridge.settings import Settings, SettingsError, policy, retry_policy
 from bridge.sotion import SotionAPI, SotionError, client_from_settings
@@ -109,16 +107,8 @@ def build(settings: Settings, connection: redis.Redis | None = None) -> Runtime:
     queue = bridge_queue(connection)
 
     def schedule_resync(email: str, at: float) -> None:
-        # One job per email and moment, however many events ask for it.
-        digest = hashlib.sha256(email.encode()).hexdigest()[:16]
-        queue.enqueue_at(
-            datetime.fromtimestamp(at, UTC),
-            RESYNC_JOB,
-            email,
-            job_id=f"resync-{digest}-{int(at)}",
-            description="re-sync after a past_due grace",
-            retry=retry_policy(settings).rq_retry(),
-        )
+        retry = retry_policy(settings).rq_retry()
+        enqueue_resync(queue, email, at=at, retry=retry, reason="after a past_due grace")
 
     applier = Applier(
         store,

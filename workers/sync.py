@@ -143,10 +143,11 @@ class Applier:
             and self.catalog.rule_for(event.provider, event.products) is None
         )
 
-    def resync(self, email: str) -> list[str]:
-        """Bring one email's member in line with its ledger (e.g. when a grace runs out)."""
+    def resync(self, email: str, *, fresh: bool = False) -> list[str]:
+        """Bring one email's member in line with its ledger (e.g. when a grace runs out;
+        ``fresh``: read the member from Sotion first, to repair a change made by hand)."""
         with self.store.email_lock(email) as lease:
-            return self.sync_member(email, guard=lease.ensure)
+            return self.sync_member(email, guard=lease.ensure, fresh=fresh)
 
     def recorded(self, email: str, merged: Entitlement) -> None:
         """After an entitlement is stored: a past_due one is looked at again when its

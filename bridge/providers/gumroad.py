@@ -38,6 +38,8 @@ _SUBSCRIPTION_TIMESTAMPS = {
     "subscription_restarted": ("restarted_at", "created_at"),
     "subscription_updated": ("effective_as_of", "created_at"),
 }
+# Every resource parse() turns into membership events: the resource subscriptions to hold.
+HANDLED_EVENTS = frozenset({*_SALE_RESOURCES, *_SUBSCRIPTION_TIMESTAMPS})
 _TRUE = frozenset({"true", "1"})
 # ``name``, then any number of ``[segment]``s (an empty segment means "append to a list").
 _NESTED_KEY = re.compile(r"([^\[\]]+)((?:\[[^\[\]]*\])*)")

@@ -51,6 +51,8 @@ _RESOURCE_TYPES = {
     **dict.fromkeys(_SUBSCRIPTION_EVENTS, "subscriptions"),
     **dict.fromkeys(_INVOICE_EVENTS, "subscription-invoices"),
 }
+# Every event name parse() turns into membership events: what a webhook subscribes.
+HANDLED_EVENTS = frozenset(_RESOURCE_TYPES)
 
 _ORDER_STATES: dict[str, EntitlementState | None] = {
     "paid": EntitlementState.ACTIVE,

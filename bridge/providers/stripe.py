@@ -65,6 +65,17 @@ _CHECKOUT_EVENTS = frozenset(
         "checkout.session.async_payment_failed",
     }
 )
+# Every event type parse() turns into membership events: what a webhook endpoint subscribes.
+HANDLED_EVENTS = frozenset(
+    {
+        *_CHECKOUT_EVENTS,
+        *_SUBSCRIPTION_EVENTS,
+        "invoice.paid",
+        "invoice.payment_failed",
+        "charge.refunded",
+        *_DISPUTE_EVENTS,
+    }
+)
 
 
 def verify(

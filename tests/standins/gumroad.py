@@ -26,18 +26,26 @@ config/initializers/{doorkeeper,rack_attack}.rb. What it reproduces:
 - Rate limits (Rack::Attack): 429 ``Retry later`` (text/plain), no Retry-After unless
   asked for; a fixed window (``rate_limit=(requests, seconds)``) or ``throttle(n)``.
 - A call log (``calls``): every request's method, path and query, 401s and 429s included.
+- Resource subscriptions (resource_subscriptions_controller.rb, ResourceSubscription):
+  ``GET /v2/resource_subscriptions?resource_name=`` lists the owner's live ones of that
+  resource (``success: false`` "Valid resource_name parameter required" for another
+  name); ``PUT`` with ``resource_name`` and ``post_url`` always adds one (an http(s) URL
+  whose host is not localhost nor a private or reserved address, else "Invalid post URL
+  '...'"; the stand-in resolves no names); ``DELETE /v2/resource_subscriptions/:id``
+  removes one. All need ``view_sales``.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from flask import Flask, Response, g, jsonify, request
 
@@ -48,6 +56,11 @@ SUBSCRIBERS_PER_PAGE = 100  # SubscribersController::RESULTS_PER_PAGE
 _STAMP = "%Y-%m-%dT%H:%M:%SZ"  # how the docs' examples render created_at
 _DATES = "Dates must be in the format YYYY-MM-DD."
 _CHALLENGE = 'Bearer realm="Doorkeeper", error="invalid_token", error_description="{}"'
+# ResourceSubscription::VALID_RESOURCE_NAMES.
+RESOURCE_NAMES = (
+    "sale", "cancellation", "subscription_ended", "subscription_restarted",
+    "subscription_updated", "refund", "dispute", "dispute_won",
+)  # fmt: skip
 # Fields of a sale that are the same for every sale the stand-in makes.
 _SALE_CONSTANTS: dict[str, Any] = {
     "timestamp": "about 2 months ago",
@@ -169,6 +182,8 @@ class GumroadStandIn:
         self.subscriptions: dict[str, _Subscription] = {}
         self.sales: dict[str, _Sale] = {}
         self._serial = 0
+        # id -> {"resource_name", "post_url", "seller_id"}: the live resource subscriptions.
+        self.resource_subscriptions: dict[str, dict[str, str]] = {}
         self._forced_429s: list[str | None] = []
         self._window = (-1, 0)  # (window number, requests in it)
         self.app = self._build()
@@ -272,6 +287,26 @@ class GumroadStandIn:
         """Answer the next ``count`` requests 429 (``retry_after``: a header to send)."""
         self._forced_429s.extend([retry_after] * count)
 
+    def subscribe_resource(
+        self, resource_name: str, post_url: str, *, seller_id: str = SELLER_ID
+    ) -> str:
+        """A resource subscription made earlier; its id."""
+        ident = self._id("resource_subscription")
+        self.resource_subscriptions[ident] = {
+            "resource_name": resource_name,
+            "post_url": post_url,
+            "seller_id": seller_id,
+        }
+        return ident
+
+    def subscribed(self, seller_id: str = SELLER_ID) -> list[tuple[str, str]]:
+        """(resource name, post URL) of the seller's live resource subscriptions, in order."""
+        return [
+            (found["resource_name"], found["post_url"])
+            for found in self.resource_subscriptions.values()
+            if found["seller_id"] == seller_id
+        ]
+
     def calls_to(self, path: str) -> list[Call]:
         """The calls made to one path."""
         return [call for call in self.calls if call.path == path]
@@ -314,6 +349,35 @@ class GumroadStandIn:
             if found is None or self.products[found.product_id].seller_id != g.seller:
                 return jsonify(success=False, message="The subscriber was not found.")
             return jsonify(success=True, subscriber=self._subscriber_json(found))
+
+        @app.route("/v2/resource_subscriptions", methods=["GET", "PUT"])
+        def resource_subscriptions() -> Response:
+            resource_name = request.values.get("resource_name", "")
+            if request.method == "GET":
+                if resource_name not in RESOURCE_NAMES:
+                    return jsonify(success=False, message="Valid resource_name parameter required")
+                found = [
+                    {"id": ident, "resource_name": s["resource_name"], "post_url": s["post_url"]}
+                    for ident, s in self.resource_subscriptions.items()
+                    if s["seller_id"] == g.seller and s["resource_name"] == resource_name
+                ]
+                return jsonify(success=True, resource_subscriptions=found)
+            post_url = request.values.get("post_url", "")
+            if not _valid_post_url(post_url):
+                return jsonify(success=False, message=f"Invalid post URL '{post_url}'")
+            if resource_name not in RESOURCE_NAMES:
+                return jsonify(success=False, message="Unable to subscribe to ''.")
+            ident = self.subscribe_resource(resource_name, post_url, seller_id=g.seller)
+            made = {"id": ident, "resource_name": resource_name, "post_url": post_url}
+            return jsonify(success=True, resource_subscription=made)
+
+        @app.delete("/v2/resource_subscriptions/<path:subscription_id>")
+        def unsubscribe(subscription_id: str) -> Response:
+            found = self.resource_subscriptions.get(subscription_id)
+            if found is None or found["seller_id"] != g.seller:
+                return jsonify(success=False, message="The resource_subscription was not found.")
+            del self.resource_subscriptions[subscription_id]
+            return jsonify(success=True, resource_subscription=None)
 
         return app
 
@@ -540,3 +604,19 @@ class GumroadStandIn:
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
+
+
+def _valid_post_url(post_url: str) -> bool:
+    """ResourceSubscription.valid_post_url?, without resolving the host name."""
+    try:
+        parts = urlsplit(post_url)
+    except ValueError:
+        return False
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("http", "https") or not host or host == "localhost":
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return not all(char in "0123456789abcdef:." for char in host)
+    return address.is_global

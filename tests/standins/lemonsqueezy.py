@@ -16,6 +16,10 @@ Chosen here, not in the docs: a ``page[size]`` over 100 or a page below 1 gets a
 JSON:API error; a 429 carries ``Retry-After`` (seconds left in the minute, as Laravel's
 throttle sends: the API's error bodies are Laravel's) unless ``retry_after=False``.
 The documented ``filter[...]`` parameters are not served: the source lists everything.
+Stores (``GET /v1/stores``, seeded by :meth:`LemonSqueezyStandIn.add_store`) and webhooks
+(docs.lemonsqueezy.com/api/webhooks: list, retrieve, create with ``url``, ``events``,
+``secret`` and the store relationship, update, delete; the secret never shown) follow
+lemonsqueezy.js (src/webhooks); their 409/415/422 wording is chosen here.
 """
 
 from __future__ import annotations
@@ -46,7 +50,21 @@ _RELATIONSHIPS = {
                       "subscription-items", "subscription-invoices"),
     "orders": ("store", "customer", "order-items", "subscriptions", "license-keys",
                "discount-redemptions"),
+    "stores": ("products", "orders", "subscriptions", "discounts", "license-keys", "webhooks"),
+    "webhooks": ("store",),
 }  # fmt: skip
+# The events a webhook may subscribe to (lemonsqueezy.js src/webhooks/types.ts, and the
+# docs' help/webhooks#event-types).
+WEBHOOK_EVENTS = frozenset({
+    "order_created", "order_refunded", "subscription_created", "subscription_updated",
+    "subscription_cancelled", "subscription_resumed", "subscription_expired",
+    "subscription_paused", "subscription_unpaused", "subscription_payment_success",
+    "subscription_payment_failed", "subscription_payment_recovered",
+    "subscription_payment_refunded", "license_key_created", "license_key_updated",
+    "affiliate_activated",
+})  # fmt: skip
+# A webhook secret shorter than this is refused (chosen here: the docs name no bound).
+MIN_WEBHOOK_SECRET = 6
 _DAY = 86_400.0
 
 
@@ -83,6 +101,9 @@ class LemonSqueezyStandIn:
         self._next_id = 0
         self._variants: dict[int, tuple[int, int]] = {}  # variant -> (product, store)
         self._objects: dict[str, dict[int, dict[str, Any]]] = {"subscriptions": {}, "orders": {}}
+        self._objects.update(stores={}, webhooks={})
+        # A webhook's secret: set by the API, never shown by it.
+        self.webhook_secrets: dict[int, str] = {}
         self.app = self._create_app()
 
     # -- seeding ----------------------------------------------------------------------
@@ -235,6 +256,36 @@ class LemonSqueezyStandIn:
             "links": {"self": own},
         }
 
+    def add_store(self, name: str = "My Store") -> int:
+        """A store of the key's user (``GET /v1/stores`` lists it)."""
+        with self._lock:
+            store_id, stamp = self._id(), self._stamp()
+            slug = name.lower().replace(" ", "-")
+            self._objects["stores"][store_id] = {
+                "name": name, "slug": slug, "domain": f"{slug}.lemonsqueezy.com",
+                "url": f"https://{slug}.lemonsqueezy.com", "avatar_url": None, "plan": "fresh",
+                "country": "US", "country_nicename": "United States", "currency": "USD",
+                "total_sales": 0, "total_revenue": 0, "thirty_day_sales": 0,
+                "thirty_day_revenue": 0, "created_at": stamp, "updated_at": stamp,
+            }  # fmt: skip
+            return store_id
+
+    def add_webhook(self, store_id: int, url: str, events: list[str], secret: str) -> int:
+        """A webhook made earlier (in the dashboard, say)."""
+        with self._lock:
+            webhook_id, stamp = self._id(), self._stamp()
+            self._objects["webhooks"][webhook_id] = {
+                "store_id": store_id, "url": url, "events": list(events), "last_sent_at": None,
+                "created_at": stamp, "updated_at": stamp, "test_mode": False,
+            }  # fmt: skip
+            self.webhook_secrets[webhook_id] = secret
+            return webhook_id
+
+    def webhooks(self) -> dict[int, dict[str, Any]]:
+        """Copies of every webhook's attributes, by id, oldest first."""
+        with self._lock:
+            return {i: json.loads(json.dumps(a)) for i, a in self._objects["webhooks"].items()}
+
     def throttle(self, count: int, *, retry_after: int | None = 1) -> None:
         """Answer the next ``count`` requests 429 (``Retry-After`` omitted when None)."""
         with self._lock:
@@ -256,6 +307,11 @@ class LemonSqueezyStandIn:
         app.after_request(self._record)
         app.add_url_rule("/v1/<collection>", view_func=self._list)
         app.add_url_rule("/v1/<collection>/<object_id>", view_func=self._read)
+        app.add_url_rule("/v1/webhooks", "create_webhook", self._create_webhook, methods=["POST"])
+        app.add_url_rule(
+            "/v1/webhooks/<object_id>", "change_webhook", self._change_webhook,
+            methods=["PATCH", "DELETE"],
+        )  # fmt: skip
         return app
 
     def _gate(self) -> Response | None:
@@ -347,6 +403,127 @@ class LemonSqueezyStandIn:
         resource = self.resource(collection, int(object_id), base)
         return _document(
             {"jsonapi": {"version": "1.0"}, "links": resource["links"], "data": resource}
+        )
+
+    def _create_webhook(self) -> Response:
+        try:
+            data = _resource_body(None)
+            attributes = data.get("attributes") or {}
+            store = ((data.get("relationships") or {}).get("store") or {}).get("data") or {}
+            store_id = str(store.get("id", "")) if isinstance(store, dict) else ""
+            if not store_id:
+                raise _Invalid(
+                    422,
+                    "Unprocessable Entity",
+                    "The store field is required.",
+                    "/data/relationships/store",
+                )
+            if not store_id.isdigit() or int(store_id) not in self._objects["stores"]:
+                raise _Invalid(
+                    422,
+                    "Unprocessable Entity",
+                    "The selected store is invalid.",
+                    "/data/relationships/store",
+                )
+            for name in ("url", "events", "secret"):
+                if not attributes.get(name):
+                    raise _Invalid(
+                        422,
+                        "Unprocessable Entity",
+                        f"The {name} field is required.",
+                        f"/data/attributes/{name}",
+                    )
+            _check_webhook(attributes)
+        except _Invalid as invalid:
+            return invalid.response
+        webhook_id = self.add_webhook(
+            int(store_id), attributes["url"], attributes["events"], attributes["secret"]
+        )
+        return self._webhook_document(webhook_id, 201)
+
+    def _change_webhook(self, object_id: str) -> Response:
+        known = self._objects["webhooks"]
+        if not object_id.isdigit() or int(object_id) not in known:
+            return _errors(404, "Not Found", "The requested resource could not be found.")
+        webhook_id = int(object_id)
+        if request.method == "DELETE":
+            with self._lock:
+                del known[webhook_id]
+                self.webhook_secrets.pop(webhook_id, None)
+            return Response(status=204)
+        try:
+            attributes = _resource_body(object_id).get("attributes") or {}
+            _check_webhook(attributes)
+        except _Invalid as invalid:
+            return invalid.response
+        with self._lock:
+            webhook = known[webhook_id]
+            for name in ("url", "events"):
+                if name in attributes:
+                    webhook[name] = attributes[name]
+            if "secret" in attributes:
+                self.webhook_secrets[webhook_id] = attributes["secret"]
+            webhook["updated_at"] = self._stamp()
+        return self._webhook_document(webhook_id, 200)
+
+    def _webhook_document(self, webhook_id: int, status: int) -> Response:
+        resource = self.resource("webhooks", webhook_id, request.host_url.rstrip("/"))
+        body = {"jsonapi": {"version": "1.0"}, "links": resource["links"], "data": resource}
+        return _document(body, status)
+
+
+class _Invalid(Exception):
+    """A JSON:API error answer."""
+
+    def __init__(self, status: int, title: str, detail: str, pointer: str | None = None) -> None:
+        super().__init__(detail)
+        extra = {"source": {"pointer": pointer}} if pointer else {}
+        self.response = _errors(status, title, detail, **extra)
+
+
+def _resource_body(object_id: str | None) -> dict[str, Any]:
+    """The ``data`` of a JSON:API write: the media type, the type and (PATCH) the id."""
+    if "application/vnd.api+json" not in request.headers.get("Content-Type", ""):
+        raise _Invalid(415, "Unsupported Media Type", "Send application/vnd.api+json.")
+    body = request.get_json(silent=True, force=True)
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict):
+        raise _Invalid(400, "Bad Request", "The request body is not a JSON:API document.")
+    if data.get("type") != "webhooks":
+        raise _Invalid(409, "Conflict", "The resource type is not webhooks.", "/data/type")
+    if object_id is not None and str(data.get("id")) != object_id:
+        raise _Invalid(409, "Conflict", "The resource id does not match the URL.", "/data/id")
+    return data
+
+
+def _check_webhook(attributes: dict[str, Any]) -> None:
+    """The attributes a webhook write may carry, each valid."""
+    url = attributes.get("url")
+    if url is not None and not (isinstance(url, str) and url.startswith(("https://", "http://"))):
+        raise _Invalid(
+            422, "Unprocessable Entity", "The url must be a valid URL.", "/data/attributes/url"
+        )
+    events = attributes.get("events")
+    if events is not None:
+        if not isinstance(events, list) or not events:
+            raise _Invalid(
+                422, "Unprocessable Entity", "The events must be a list.", "/data/attributes/events"
+            )
+        for index, event in enumerate(events):
+            if event not in WEBHOOK_EVENTS:
+                raise _Invalid(
+                    422,
+                    "Unprocessable Entity",
+                    f"The selected events.{index} is invalid.",
+                    f"/data/attributes/events/{index}",
+                )
+    secret = attributes.get("secret")
+    if secret is not None and not (isinstance(secret, str) and len(secret) >= MIN_WEBHOOK_SECRET):
+        raise _Invalid(
+            422,
+            "Unprocessable Entity",
+            f"The secret must be at least {MIN_WEBHOOK_SECRET} characters.",
+            "/data/attributes/secret",
         )
 
 

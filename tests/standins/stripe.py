@@ -31,13 +31,17 @@
   has no payment; an ``incomplete`` subscription's stays open, an ``incomplete_expired``
   one's is void), and each renewal (``subscription_cycle``, :meth:`StripeStandIn.renew`)
   likewise; ``invoice.paid`` is sent for each paid one.
+- docs.stripe.com/api/webhook_endpoints: list, create (``url``, ``enabled_events``; the
+  signing ``secret`` only in the create answer), retrieve, update (``url``,
+  ``enabled_events``, ``disabled`` -> ``status``) and delete.
 - Objects shaped as shared/fixtures/stripe (API version 2025-06-30.basil); test keys see
   test-mode objects (``livemode`` false), live keys live ones. Deleting a customer cancels
   its subscriptions at once and leaves ``{"id", "object": "customer", "deleted": true}``.
-Chosen here, not in the docs: the wording of the 400s for more than 20 ``types``, an
-unknown ``status`` and an unknown ``payment[type]``; only the expansions the bridge needs
-are served (any other answers 400, as an unknown property does); of the events Stripe
-sends, only those the bridge reads or that tests look for (no ``invoice.created``,
+Chosen here, not in the docs: ``enabled_events`` are checked by shape, not against
+Stripe's enum, and a webhook URL is never refused; the wording of the 400s for more than 20
+``types``, an unknown ``status`` and an unknown ``payment[type]``; only the expansions the
+bridge needs are served (any other answers 400, as an unknown property does); of the events
+Stripe sends, only those the bridge reads or that tests look for (no ``invoice.created``,
 ``payment_intent.*``, ``charge.succeeded``...).
 """
 
@@ -47,6 +51,7 @@ import base64
 import copy
 import fnmatch
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -94,9 +99,12 @@ _PREFIXES = {
     "customer": "cus", "subscription": "sub", "checkout.session": "cs", "payment_intent": "pi",
     "charge": "ch", "dispute": "dp", "event": "evt", "item": "li", "subscription_item": "si",
     "refund": "re", "invoice": "in", "invoice_payment": "inpay", "line_item": "il",
+    "webhook_endpoint": "we",
 }  # fmt: skip
 # How a new subscription's first invoice ends, by the subscription's status (else paid).
 _FIRST_INVOICE = {"incomplete": "open", "incomplete_expired": "void"}
+# An event type as Stripe spells them: customer.subscription.updated, v1.billing.meter...
+_EVENT_NAME = re.compile(r"[a-z0-9_]+(?:\.[a-z0-9_]+)+")
 _ARRAY_KEY = re.compile(r"^([a-z_]+)\[(\d*|[a-z_]+)\]$")
 _NO_KEY = (
     "You did not provide an API key. You need to provide your API key in the Authorization "
@@ -172,6 +180,7 @@ class StripeStandIn:
         self._window: tuple[int, int] = (-1, 0)  # (second, requests in it)
         self._objects: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in _EXPANDABLE}
         self._objects["customer"] = {}
+        self._objects["webhook_endpoint"] = {}
         self._line_items: dict[str, list[dict[str, Any]]] = {}
         self.app = self._create_app()
 
@@ -404,6 +413,95 @@ class StripeStandIn:
         with self._lock:
             self._forced += times
 
+    # -- webhook endpoints (docs.stripe.com/api/webhook_endpoints) ---------------------
+
+    def add_webhook_endpoint(
+        self, url: str, events: Sequence[str], *, status: str = "enabled"
+    ) -> str:
+        """An endpoint made earlier (in the Dashboard, say); its id."""
+        with self._lock:
+            endpoint = self._endpoint(url, events, description=None, api_version=None)
+            endpoint["status"] = status
+            return self._store("", endpoint)
+
+    def webhook_endpoints(self) -> list[dict[str, Any]]:
+        """Copies of every endpoint, oldest first, its signing secret under ``_secret``."""
+        with self._lock:
+            return copy.deepcopy(list(self._objects["webhook_endpoint"].values()))
+
+    def _webhook_endpoints(self) -> Response:
+        if request.method == "GET":
+            endpoints = self._newest("webhook_endpoint")
+            return self._listing("/v1/webhook_endpoints", "webhook_endpoint", endpoints)
+        _check_form({"url", "enabled_events", "description", "api_version", "metadata", "connect"})
+        url = request.form.get("url")
+        if not url:
+            raise _Refusal(
+                400, "Missing required param: url.", code="parameter_missing", param="url"
+            )
+        events = _array(tuple(request.form.items(multi=True)), "enabled_events")
+        if not events:
+            raise _Refusal(
+                400,
+                "Missing required param: enabled_events.",
+                code="parameter_missing",
+                param="enabled_events",
+            )
+        _check_events(events)
+        with self._lock:
+            endpoint = self._endpoint(
+                url,
+                events,
+                description=request.form.get("description"),
+                api_version=request.form.get("api_version"),
+            )
+            self._store("", endpoint)
+            # The only answer that carries the secret.
+            return jsonify({**self._render(endpoint, []), "secret": endpoint["_secret"]})
+
+    def _webhook_endpoint(self, object_id: str) -> Response:
+        with self._lock:
+            found = self._objects["webhook_endpoint"].get(object_id)
+            if found is None:
+                raise _Refusal(
+                    404,
+                    f"No such webhook endpoint: '{object_id}'",
+                    code="resource_missing",
+                    param="webhook_endpoint",
+                )
+            if request.method == "DELETE":
+                del self._objects["webhook_endpoint"][object_id]
+                return jsonify({"id": object_id, "object": "webhook_endpoint", "deleted": True})
+            if request.method == "POST":
+                _check_form({"url", "enabled_events", "disabled", "description", "metadata"})
+                events = _array(tuple(request.form.items(multi=True)), "enabled_events")
+                if events:
+                    _check_events(events)
+                    found["enabled_events"] = events
+                if request.form.get("url"):
+                    found["url"] = request.form["url"]
+                disabled = request.form.get("disabled")
+                if disabled is not None:
+                    if disabled not in ("true", "false"):
+                        raise _Refusal(400, f"Invalid boolean: {disabled}", param="disabled")
+                    found["status"] = "disabled" if disabled == "true" else "enabled"
+                if "description" in request.form:
+                    found["description"] = request.form["description"] or None
+            else:
+                _check_params(set())
+            return jsonify(self._render(found, []))
+
+    def _endpoint(
+        self, url: str, events: Sequence[str], *, description: str | None, api_version: str | None
+    ) -> dict[str, Any]:
+        return {
+            "id": self._id("webhook_endpoint"), "object": "webhook_endpoint",
+            "api_version": api_version, "application": None, "created": self._now(),
+            "description": description, "enabled_events": list(events),
+            "livemode": self.livemode, "metadata": {}, "status": "enabled", "url": url,
+            "_secret": f"whsec_{secrets.token_hex(16)}",
+        }  # fmt: skip
+
     # -- reading the state back ---------------------------------------------------------
 
     def get(self, kind: str, object_id: str) -> dict[str, Any]:
@@ -625,6 +723,14 @@ class StripeStandIn:
         ]  # fmt: skip
         for rule, view in routes:
             app.add_url_rule(rule, rule, view, methods=["GET"])
+        app.add_url_rule(
+            "/v1/webhook_endpoints", "webhook_endpoints", self._webhook_endpoints,
+            methods=["GET", "POST"],
+        )  # fmt: skip
+        app.add_url_rule(
+            "/v1/webhook_endpoints/<object_id>", "webhook_endpoint", self._webhook_endpoint,
+            methods=["GET", "POST", "DELETE"],
+        )  # fmt: skip
         return app
 
     def _gate(self) -> None:
@@ -864,6 +970,26 @@ def _array(args: Iterable[tuple[str, str]], name: str) -> list[str]:
         if match and match.group(1) == name and (match.group(2) == "" or match.group(2).isdigit()):
             values.append(value)
     return values
+
+
+def _check_form(allowed: set[str]) -> None:
+    """A POST's form parameters, each one the endpoint takes (400 otherwise)."""
+    for key in request.form:
+        match = _ARRAY_KEY.match(key)
+        base = match.group(1) if match else key
+        if base != "expand" and base not in allowed:
+            raise _Refusal(400, f"Received unknown parameter: {key}", param=key)
+
+
+def _check_events(events: Sequence[str]) -> None:
+    """``enabled_events``: ``*`` or names shaped like Stripe's (the enum is not copied)."""
+    for index, event in enumerate(events):
+        if event != "*" and not _EVENT_NAME.fullmatch(event):
+            raise _Refusal(
+                400,
+                f"Invalid enabled_events[{index}]: must be one of the event types",
+                param=f"enabled_events[{index}]",
+            )
 
 
 def _check_params(allowed: set[str]) -> None:
