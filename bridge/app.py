@@ -49,9 +49,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         queue=queue,
         intake=Intake(queue, retry_policy(settings)),
     )
+    from bridge.dashboard import init_admin
     from bridge.web import bp
 
     app.register_blueprint(bp)
+    init_admin(app, settings)
     return app
 
 
