@@ -60,12 +60,12 @@ def enqueue_resync(
     per email and moment, however many ask for it. ``fresh``: against the member as
     Sotion has it then (a change made by hand is repaired), not as last written."""
     digest = hashlib.sha256(email.encode()).hexdigest()[:16]
+    args = (email, True) if fresh else (email,)  # a scheduled one's arguments as they were
     if at is None:
         moment = datetime.now(UTC)
         return queue.enqueue(
             RESYNC_JOB,
-            email,
-            fresh,
+            *args,
             job_id=f"resync-{digest}-{int(moment.timestamp())}",
             description=f"re-sync {reason}",
             retry=retry,
@@ -73,8 +73,7 @@ def enqueue_resync(
     scheduled: Job = queue.enqueue_at(
         datetime.fromtimestamp(at, UTC),
         RESYNC_JOB,
-        email,
-        fresh,
+        *args,
         job_id=f"resync-{digest}-{int(at)}",
         description=f"re-sync {reason}",
         retry=retry,
