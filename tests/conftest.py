@@ -11,7 +11,7 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.serializers import JSONSerializer
 
 from bridge.app import create_app
@@ -21,6 +21,7 @@ from bridge.sandbox import SandboxConfig, SandboxServer
 from bridge.settings import Settings
 from bridge.sotion import LegacySotionClient, SotionClient
 from workers import runtime as worker_runtime
+from workers.worker import PromptPubSub
 
 # A developer's own .env in the checkout never reaches the tests (the tests of .env
 # loading name their files themselves).
@@ -67,7 +68,7 @@ def queue(redis_conn: redis.Redis) -> Queue:
 
 def drain(queue: Queue) -> None:
     """Run every queued job in this process (retries with a 0 s interval included)."""
-    worker = SimpleWorker([queue], connection=queue.connection, serializer=JSONSerializer)
+    worker = PromptPubSub([queue], connection=queue.connection, serializer=JSONSerializer)
     worker.work(burst=True)
 
 

@@ -4,6 +4,7 @@ error when the loop keeps quitting at once although Redis answers."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 from click.testing import CliRunner
+from rq import Queue
 
 from bridge.cli import main
 from bridge.sandbox import SandboxServer
@@ -115,3 +117,22 @@ def test_worker_command_reports_a_loop_that_keeps_quitting_in_one_line_and_fails
         "Error: the RQ work loop keeps stopping although Redis answers"
     )
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("pause", [0, 0.3])
+def test_the_pubsub_thread_stops_within_a_few_seconds_of_unsubscribing(
+    queue: Queue, pause: float
+) -> None:
+    # RQ's own thread, once it has read the confirmation of its unsubscribe before it is
+    # told to stop, waits 60 s for a subscription that never comes; so did its worker.
+    worker = BridgeWorker([queue], connection=queue.connection)
+    worker.subscribe()
+    assert worker.pubsub is not None
+    time.sleep(pause)
+    worker.pubsub.unsubscribe()
+    time.sleep(0.3)  # the thread reads the confirmation first (the race, made certain)
+    stopping = threading.Thread(target=worker.unsubscribe, daemon=True)
+    stopping.start()
+    stopping.join(timeout=5)  # far inside Heroku's 30 s grace; RQ's took 60
+    assert not stopping.is_alive()
+    assert worker.pubsub_thread is not None and not worker.pubsub_thread.is_alive()

@@ -99,9 +99,32 @@ _WORKER_TTL = IDLE_WAKE_SECONDS + 15
 # or a closing terminal reaches a whole process group, and a service manager may signal
 # both the group and the process).
 _DUPLICATE_SIGNAL = timedelta(seconds=1)
+# The longest the pub/sub thread waits for a message before it looks for a stop.
+PUBSUB_POLL_SECONDS = 1.0
 
 
-class BridgeWorker(SimpleWorker):
+class PromptPubSub(SimpleWorker):
+    """RQ's worker with a pub/sub thread (``rq`` commands: stop-job, shutdown) that stops
+    within a second.
+
+    RQ's thread waits up to 60 s at a time for a message, and once its unsubscribe is
+    confirmed it waits that long for a subscription that never comes before it sees the
+    stop: a stopped worker then took a minute to exit (past Heroku's 30 s grace). Here it
+    waits at most ``PUBSUB_POLL_SECONDS`` (one idle read a second, nothing else).
+    """
+
+    def subscribe(self) -> None:
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]
+            sleep_time=PUBSUB_POLL_SECONDS,
+            daemon=True,
+            exception_handler=self._pubsub_exception_handler,
+        )
+
+
+class BridgeWorker(PromptPubSub):
     """RQ's non-forking worker with heartbeats, a stuck-job watchdog and a graceful stop
     (see the module docstring)."""
 
