@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 # The Stripe signing secret `bridge run --sandbox` uses unless one is set.
 SANDBOX_STRIPE_SECRET = "whsec_sandboxOnlyPublicNotASecret000"
+# The same for Lemon Squeezy's signing secret and Gumroad's ping token (public: sandbox only).
+SANDBOX_LEMONSQUEEZY_SECRET = "ls_sandboxOnlyPublicNotASecret000"
+SANDBOX_GUMROAD_TOKEN = "gr_sandboxOnlyPublicNotASecret000000000"
 # Seconds children get to finish their current work after SIGTERM: the worker's own
 # grace for its running job (workers/worker.py) and gunicorn's, plus a margin.
 GRACE_SECONDS = 28
@@ -181,5 +184,7 @@ def sandbox_environment(environ: Mapping[str, str], sotion_url: str, key: str) -
     env.pop("SOTION_API_FLAVOR", None)
     # A known demo secret, only in sandbox mode, so signed test events can be sent at once.
     env.setdefault("STRIPE_WEBHOOK_SECRET", SANDBOX_STRIPE_SECRET)
+    env.setdefault("LEMONSQUEEZY_WEBHOOK_SECRET", SANDBOX_LEMONSQUEEZY_SECRET)
+    env.setdefault("GUMROAD_WEBHOOK_TOKEN", SANDBOX_GUMROAD_TOKEN)
     env.setdefault("BRIDGE_ACCEPT_TEST_EVENTS", "true")
     return env

@@ -30,7 +30,11 @@ from bridge.embedded import process_alive
 from bridge.events import MembershipEvent
 from bridge.products import Catalog
 from bridge.providers import gumroad, lemonsqueezy, stripe
-from bridge.runner import SANDBOX_STRIPE_SECRET
+from bridge.runner import (
+    SANDBOX_GUMROAD_TOKEN,
+    SANDBOX_LEMONSQUEEZY_SECRET,
+    SANDBOX_STRIPE_SECRET,
+)
 from bridge.samples import PROVIDERS, SAMPLES, Sample, default_product
 from bridge.samples import gumroad as gumroad_samples
 from bridge.settings import Settings
@@ -150,18 +154,24 @@ def sandbox_running(settings: Settings) -> bool:
 def secret(provider: str, settings: Settings, *, sandbox: bool = False) -> str:
     """The provider's signing secret; ConfigurationError naming the variable when unset.
 
-    ``sandbox``: the bridge is a ``bridge run --sandbox``, which signs Stripe with its
-    own known secret unless one is set.
+    ``sandbox``: the bridge is a ``bridge run --sandbox``, which has its own known
+    secrets for the providers whose secret is not set.
     """
     if provider == stripe.PROVIDER:
         if settings.stripe_webhook_secrets:
             return settings.stripe_webhook_secrets[0]
         if sandbox:
             return SANDBOX_STRIPE_SECRET
-    elif provider == lemonsqueezy.PROVIDER and settings.lemonsqueezy_webhook_secrets:
-        return settings.lemonsqueezy_webhook_secrets[0]
-    elif provider == gumroad.PROVIDER and settings.gumroad_webhook_token:
-        return settings.gumroad_webhook_token
+    elif provider == lemonsqueezy.PROVIDER:
+        if settings.lemonsqueezy_webhook_secrets:
+            return settings.lemonsqueezy_webhook_secrets[0]
+        if sandbox:
+            return SANDBOX_LEMONSQUEEZY_SECRET
+    elif provider == gumroad.PROVIDER:
+        if settings.gumroad_webhook_token:
+            return settings.gumroad_webhook_token
+        if sandbox:
+            return SANDBOX_GUMROAD_TOKEN
     variable = SECRET_VARIABLES[provider]
     raise ConfigurationError(
         f"{variable} is not set: the bridge disables /webhooks/{provider} without it, and "

@@ -18,12 +18,16 @@ from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 from werkzeug.serving import make_server
 
-from bridge import discovery
+from bridge import discovery, runner
 from bridge import trigger as core
 from bridge.app import create_app
 from bridge.cli import main
 from bridge.embedded import free_port
-from bridge.runner import SANDBOX_STRIPE_SECRET
+from bridge.runner import (
+    SANDBOX_GUMROAD_TOKEN,
+    SANDBOX_LEMONSQUEEZY_SECRET,
+    SANDBOX_STRIPE_SECRET,
+)
 from bridge.samples import SAMPLES
 from bridge.settings import Settings
 from bridge.sotion import SotionClient
@@ -293,16 +297,52 @@ def test_a_provider_the_bridge_disabled_is_reported(start: Start, env: dict[str,
 # -- where the bridge is and how to sign --------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("provider", "event", "setting", "value", "variable"),
+    [
+        (
+            "stripe",
+            "checkout.session.completed",
+            "stripe_webhook_secrets",
+            (SANDBOX_STRIPE_SECRET,),
+            "STRIPE_WEBHOOK_SECRET",
+        ),
+        (
+            "lemonsqueezy",
+            "order_created",
+            "lemonsqueezy_webhook_secrets",
+            (SANDBOX_LEMONSQUEEZY_SECRET,),
+            "LEMONSQUEEZY_WEBHOOK_SECRET",
+        ),
+        (
+            "gumroad",
+            "sale",
+            "gumroad_webhook_token",
+            SANDBOX_GUMROAD_TOKEN,
+            "GUMROAD_WEBHOOK_TOKEN",
+        ),
+    ],
+)
 def test_the_running_bridge_and_its_sandbox_secret_are_found_from_the_run_record(
-    start: Start, env: dict[str, str], settings: Settings, queue: Queue
+    start: Start,
+    env: dict[str, str],
+    settings: Settings,
+    queue: Queue,
+    provider: str,
+    event: str,
+    setting: str,
+    value: object,
+    variable: str,
 ) -> None:
-    url = start(stripe_webhook_secrets=(SANDBOX_STRIPE_SECRET,))
+    # What `bridge run --sandbox` sets for every provider whose secret is unset.
+    assert runner.sandbox_environment({}, "http://s", "so_k")[variable] in str(value)
+    url = start(**{setting: value})
     record = discovery.new_record(url, redis_dir=Path(settings.data_dir))
     discovery.write_record(Path(settings.data_dir), dataclasses.replace(record, pid=os.getpid()))
-    env = {k: v for k, v in env.items() if k != "STRIPE_WEBHOOK_SECRET"}
-    result = _trigger(env, "stripe", "checkout.session.completed", "--email", EMAIL, "--no-wait")
+    env = {k: v for k, v in env.items() if k != variable}
+    result = _trigger(env, provider, event, "--email", EMAIL, "--no-wait")
     assert result.exit_code == 0, result.output
-    assert f"to {url}/webhooks/stripe" in result.output
+    assert f"to {url}/webhooks/{provider}" in result.output
     assert queue.count == 1
 
 
