@@ -156,6 +156,17 @@ def runtime(settings: Settings, redis_conn: redis.Redis) -> Iterator[worker_runt
     worker_runtime.reset()
 
 
+@pytest.fixture
+def env(redis_url: str, sotion: SandboxServer) -> dict[str, str]:
+    """The environment the ``bridge`` commands read, wired as ``settings`` is."""
+    return {
+        "REDIS_URL": redis_url,
+        "SOTION_API_URL": sotion.url,
+        "SOTION_API_KEY": SANDBOX_KEY,
+        "STRIPE_WEBHOOK_SECRET": STRIPE_SECRET,
+    }
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """Captured output with a lone surrogate (the hostile-input tests log some) made

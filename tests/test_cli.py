@@ -4,30 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
 import redis
 from click.testing import CliRunner
 from flask.testing import FlaskClient
 from rq import Queue
 
 from bridge.cli import main
-from bridge.sandbox import SandboxServer
 from bridge.settings import Settings
 from bridge.sotion import SotionClient
 from tests import stripe_events as se
-from tests.conftest import SANDBOX_KEY, STRIPE_SECRET, drain
+from tests.conftest import STRIPE_SECRET, drain
 from workers import runtime as worker_runtime
-
-
-@pytest.fixture
-def env(redis_url: str, sotion: SandboxServer) -> dict[str, str]:
-    """The environment the commands read."""
-    return {
-        "REDIS_URL": redis_url,
-        "SOTION_API_URL": sotion.url,
-        "SOTION_API_KEY": SANDBOX_KEY,
-        "STRIPE_WEBHOOK_SECRET": STRIPE_SECRET,
-    }
 
 
 def _subscription_without_known_email(client: FlaskClient) -> None:

@@ -20,23 +20,12 @@ from bridge.intake import DEDUPE_PREFIX
 from bridge.intake_script import member_events_key
 from bridge.sandbox import SandboxServer
 from bridge.settings import Settings
-from tests.conftest import SANDBOX_KEY, STRIPE_SECRET, drain
+from tests.conftest import drain
 from tests.test_inspect import T0, inject_faults, stripe_purchase, stripe_subscription
 from workers import runtime as worker_runtime
 
 # What a stored failure may carry that `jobs show` must never print.
 SECRET = "whsec_leakedsecret0123456789"
-
-
-@pytest.fixture
-def env(redis_url: str, sotion: SandboxServer) -> dict[str, str]:
-    """The environment the commands read."""
-    return {
-        "REDIS_URL": redis_url,
-        "SOTION_API_URL": sotion.url,
-        "SOTION_API_KEY": SANDBOX_KEY,
-        "STRIPE_WEBHOOK_SECRET": STRIPE_SECRET,
-    }
 
 
 @pytest.fixture

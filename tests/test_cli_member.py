@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 from flask.testing import FlaskClient
 from rq import Queue
@@ -14,20 +13,9 @@ from bridge.cli import main
 from bridge.embedded import free_port
 from bridge.sandbox import SandboxServer
 from tests import commands
-from tests.conftest import SANDBOX_KEY, STRIPE_SECRET, drain
+from tests.conftest import SANDBOX_KEY, drain
 from tests.test_inspect import stripe_purchase
 from workers import runtime as worker_runtime
-
-
-@pytest.fixture
-def env(redis_url: str, sotion: SandboxServer) -> dict[str, str]:
-    """The environment the command reads."""
-    return {
-        "REDIS_URL": redis_url,
-        "SOTION_API_URL": sotion.url,
-        "SOTION_API_KEY": SANDBOX_KEY,
-        "STRIPE_WEBHOOK_SECRET": STRIPE_SECRET,
-    }
 
 
 def test_member_prints_the_purchase_its_applied_job_the_paid_member_and_the_verdict(

@@ -21,7 +21,7 @@ from bridge.sandbox import SandboxServer
 from bridge.settings import Settings
 from bridge.sotion import SotionClient
 from tests.admin.pages import ADMIN_TOKEN, csrf_of, log_in, press
-from tests.conftest import SANDBOX_KEY, STRIPE_SECRET, drain
+from tests.conftest import drain
 from tests.test_stripe_flow import EMAIL, T0, checkout_payment, deliver, member_of
 from workers import runtime as worker_runtime
 
@@ -228,15 +228,9 @@ def test_the_overview_and_bridge_status_agree(
     queue: Queue,
     runtime: worker_runtime.Runtime,
     sotion: SandboxServer,
-    settings: Settings,
+    env: dict[str, str],
 ) -> None:
     failed_purchase(operator, queue, sotion)
-    env = {
-        "REDIS_URL": settings.redis_url,
-        "SOTION_API_KEY": SANDBOX_KEY,
-        "SOTION_API_URL": sotion.url,
-        "STRIPE_WEBHOOK_SECRET": STRIPE_SECRET,
-    }
     cli = json.loads(CliRunner().invoke(main, ["status", "--json"], env=env).output)
 
     html = operator.get("/admin/").get_data(as_text=True)

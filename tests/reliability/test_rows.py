@@ -40,7 +40,7 @@ from bridge.membership import DisputeAction
 from bridge.sandbox import SandboxServer
 from bridge.settings import Settings
 from bridge.sotion import SotionClient
-from tests.conftest import SANDBOX_KEY, STRIPE_SECRET, drain
+from tests.conftest import drain
 from tests.stripe_events import event
 from tests.test_stripe_flow import (
     CUSTOMER,
@@ -228,17 +228,6 @@ def bridge(
     """The bridge on the shared test settings (no STRIPE_API_KEY, no products file)."""
     yield Bridge(settings, redis_conn, queue, sotion, sotion_api).start()
     worker_runtime.reset()
-
-
-@pytest.fixture
-def env(redis_url: str, sotion: SandboxServer) -> dict[str, str]:
-    """The environment the ``bridge`` commands read."""
-    return {
-        "REDIS_URL": redis_url,
-        "SOTION_API_URL": sotion.url,
-        "SOTION_API_KEY": SANDBOX_KEY,
-        "STRIPE_WEBHOOK_SECRET": STRIPE_SECRET,
-    }
 
 
 # -- delivering every order --------------------------------------------------------------
