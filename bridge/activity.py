@@ -2,9 +2,10 @@
 
 One small hash per hour (``bridge:activity:YYYYMMDDHH``, fields ``provider:outcome``),
 kept two days. The web adds what it acknowledged without queueing (duplicates, ignored,
-unusable) and the worker where each job ended (applied, failed for good, parked: not
-each retry), so a bar is the deliveries of that hour, each counted once where its fate
-is known (a failed job replayed and applied counts again, as applied).
+unusable) and the worker where each job ended (applied or failed for good: not each
+retry, and a parked event once its parked job has run), so a bar is the deliveries of
+that hour, each counted once where its fate is known (a failed job replayed and applied
+counts again, as applied).
 """
 
 from __future__ import annotations

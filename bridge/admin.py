@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from rq import Queue
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.utils import as_text
 
@@ -132,7 +132,7 @@ def job_info(queue: Queue, job_id: str) -> JobInfo | None:
 def jobs_info(queue: Queue, job_ids: Sequence[str]) -> list[JobInfo]:
     """:func:`job_info` for many jobs (EXPIRED for those RQ no longer holds); a parked
     event's job says how its parked job stands."""
-    jobs = Job.fetch_many(list(job_ids), connection=queue.connection, serializer=queue.serializer)
+    jobs = _fetch_many(queue, job_ids)
     infos = [
         _info(queue, job) if job is not None else JobInfo(id=job_id, status=EXPIRED)
         for job_id, job in zip(job_ids, jobs, strict=True)
@@ -151,7 +151,7 @@ def replay(queue: Queue, job_ids: Iterable[str]) -> tuple[list[str], list[str]]:
     for job_id in job_ids:
         try:
             registry.requeue(job_id)
-        except (NoSuchJobError, InvalidJobOperation):
+        except (NoSuchJobError, InvalidJobOperation, ValueError):  # ValueError: not a job id
             missing.append(job_id)
         else:
             replayed.append(job_id)
@@ -169,7 +169,7 @@ def purge(queue: Queue, job_ids: Iterable[str]) -> tuple[list[str], list[str]]:
     for job_id in job_ids:
         try:
             job = Job.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
-        except NoSuchJobError:
+        except (NoSuchJobError, ValueError):  # ValueError: not a job id
             missing.append(job_id)
             continue
         if registry.connection.zscore(registry.key, job_id) is None:
@@ -255,6 +255,26 @@ def _info(queue: Queue, job: Job) -> JobInfo:
         retries_left=job.retries_left,
         **info,
     )
+
+
+def _fetch_many(queue: Queue, job_ids: Sequence[str]) -> list[Job | None]:
+    """The jobs, None for each RQ cannot read (gone, half-written, not a job id): one bad
+    hash never hides the others."""
+    try:
+        return Job.fetch_many(
+            list(job_ids), connection=queue.connection, serializer=queue.serializer
+        )
+    except (NoSuchJobError, DeserializationError, ValueError):
+        pass
+    found: list[Job | None] = []
+    for job_id in job_ids:
+        try:
+            found.append(
+                Job.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
+            )
+        except (NoSuchJobError, DeserializationError, ValueError):
+            found.append(None)
+    return found
 
 
 def _through_parking(info: JobInfo, waiting: JobInfo | None) -> JobInfo:

@@ -68,6 +68,7 @@ class SotionMember:
     paid: bool | None
     status: str
     groups: tuple[str, ...]  # names where Sotion gave them, else ids
+    group_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def member_report(
         received=tuple(_at(score) for score, _ in indexed),
         sotion=live,
         desired=desired,
-        has_access=wanted.paid and not wanted.blocked,
+        has_access=grants(wanted),
         verdict=verdict(views, wanted, live, events, dry_run=settings.dry_run),
         dry_run=settings.dry_run,
     )
@@ -166,7 +167,8 @@ def read_member(sotion: SotionAPI | None, email: str) -> SotionView:
     if found is None:
         return SotionView(None)
     groups = tuple(sorted(g.name or g.id for g in found.access_groups or ()))
-    return SotionView(SotionMember(found.id, found.paid, found.status, groups))
+    ids = tuple(sorted(g.id for g in found.access_groups or ()))
+    return SotionView(SotionMember(found.id, found.paid, found.status, groups, ids))
 
 
 def verdict(
@@ -193,13 +195,13 @@ def verdict(
         )
     granting = [e for e in entitlements if e.grants_access and e.listed]
     member = sotion.member
-    if desired.paid and not desired.blocked:
+    if grants(desired) and granting:
         grant = f"{_name(granting[0])} {granting[0].state} since {_when(granting[0].since)}"
         if not sotion.read:
             return f"has access per the ledger: {grant}; Sotion {sotion.error}"
-        if member is not None and member.paid and member.status != "blocked":
+        said = _shortfall(desired, member)
+        if said is None:
             return f"has access: {grant}"
-        said = "has no member" if member is None else _member_state(member)
         return f"should have access ({grant}) but Sotion {said}: {_why(pending, dry_run)}"
     if desired.blocked:
         disputed = [e for e in entitlements if e.disputes]
@@ -305,6 +307,24 @@ def _why(pending: str | None, dry_run: bool, *, unpaid: bool = False) -> str:
     if unpaid:
         return "paid not set by the bridge is kept (BRIDGE_UNPAY_MANUAL), or run `bridge reconcile`"
     return "no job is on its way: run `bridge reconcile`"
+
+
+def grants(desired: DesiredMember) -> bool:
+    """Whether the ledger lets the buyer in: paid, or in a group a product grants (a rule
+    with ``paid = false``), and not blocked."""
+    return (desired.paid or bool(desired.groups)) and not desired.blocked
+
+
+def _shortfall(desired: DesiredMember, member: SotionMember | None) -> str | None:
+    """What Sotion's member lacks of what the ledger grants; None when nothing."""
+    if member is None:
+        return "has no member"
+    if member.status == "blocked" or (desired.paid and not member.paid):
+        return _member_state(member)
+    missing = sorted(set(desired.groups) - set(member.group_ids))
+    if missing:
+        return f"has the member outside group(s) {', '.join(missing)}"
+    return None
 
 
 def _member_state(member: SotionMember) -> str:

@@ -36,6 +36,7 @@ from rq.utils import as_text, now
 from bridge import metrics
 from bridge.events import MembershipEvent
 from bridge.intake_script import (
+    APPLIED_BY_RECONCILE,
     LAST_EVENT_KEY,
     MEMBER_EVENTS_MAX,
     RECENT_EVENTS_KEY,
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 DEDUPE_TTL_SECONDS = 30 * 24 * 3600
 DEDUPE_PREFIX = "bridge:dedupe:"
 # What a dedupe key holds for an event a reconcile applied (no job: nothing can fail).
-APPLIED = "applied-by-reconcile"
+APPLIED = APPLIED_BY_RECONCILE
 # A job in one of these states will never apply its event: a redelivery may replace it.
 _DEAD = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
 # Events per script call from submit(): one call blocks Redis while it runs.
@@ -207,7 +208,11 @@ class Intake:
             self._record(event, job.id if stored else None, result)
             last_job = job.id if stored else last_job
         if counters.provider and last_job:
-            self.connection.hset(LAST_EVENT_KEY, counters.provider, f"{last_job}|{int(received)}")
+            try:
+                value = f"{last_job}|{int(received)}"
+                self.connection.hset(LAST_EVENT_KEY, counters.provider, value)
+            except redis.RedisError:  # the events are stored: a lost record fails nothing
+                log.warning("last event not recorded provider=%s", counters.provider)
         increments = [
             (counters.events_queued, queued),
             (counters.events_duplicate, len(events) - queued),

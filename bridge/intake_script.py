@@ -23,6 +23,8 @@ MEMBER_EVENTS_PREFIX = "bridge:member-events:"
 MEMBER_EVENTS_MAX = 200
 # The last event received per provider: hash, field the provider, value "<job id>|<unix s>".
 LAST_EVENT_KEY = "bridge:last-event"
+# What a dedupe key holds for an event a reconcile applied (no job: nothing can fail).
+APPLIED_BY_RECONCILE = "applied-by-reconcile"
 # The script's ARGV before the events' own.
 FIXED_ARGS = 10
 # The latest deliveries' jobs, for the operator's page: sorted set, score the time received.
@@ -88,9 +90,12 @@ count(ARGV[4], queued)
 count(ARGV[5], events - queued)
 if queued > 0 then count(ARGV[6], 1) else count(ARGV[7], 1) end
 if queued > 0 then redis.pcall('ZREMRANGEBYRANK', recent, 0, -RECENT - 1) end
-if provider ~= '' and last_job then
+-- A duplicate of what a reconcile applied names no job: it is no last event to follow.
+if provider ~= '' and last_job and last_job ~= 'APPLIED' then
   redis.pcall('HSET', last_event, provider, last_job .. '|' .. received_s)
 end
 return outcomes
 """.replace("KEEP", str(MEMBER_EVENTS_MAX)).replace("FIRST", str(FIXED_ARGS + 1))
-STORE_SCRIPT = STORE_SCRIPT.replace("RECENT", str(RECENT_EVENTS_MAX))
+STORE_SCRIPT = STORE_SCRIPT.replace("RECENT", str(RECENT_EVENTS_MAX)).replace(
+    "'APPLIED'", repr(APPLIED_BY_RECONCILE)
+)

@@ -70,13 +70,18 @@ def redact(text: str) -> str:
     return _EMAIL.sub(lambda match: f"{match.group(1)[:1]}{MASK}@{match.group(2)}", text)
 
 
+# The shortest personal value masked by redact_values.
+MIN_PRIVATE = 3
+
+
 def redact_values(text: str, values: Iterable[str | None]) -> str:
-    """:func:`redact`, and these values masked too wherever they appear, however short
-    (the personal fields of one payload: a display name; emails are masked as always)."""
+    """:func:`redact`, and these values masked too wherever they stand as whole words
+    (the personal fields of one payload: a display name; emails are masked as always).
+    Values shorter than ``MIN_PRIVATE`` are left: "Jo" would turn every "Job" into "***b"."""
     text = redact(text)
-    found = {v for v in values if v and len(v.strip()) >= 2 and "@" not in v}
+    found = {v.strip() for v in values if v and len(v.strip()) >= MIN_PRIVATE and "@" not in v}
     for value in sorted(found, key=len, reverse=True):
-        text = text.replace(value, MASK)
+        text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", MASK, text)
     return text
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 from rq import Queue, Worker
-from rq.exceptions import DeserializationError
+from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.suspension import is_suspended
 from rq.utils import as_text
@@ -304,7 +304,7 @@ def _last_events(queue: Queue, records: Mapping[str, str]) -> dict[str, LastEven
             found[provider] = LastEvent(job_id, None, UNKNOWN)
     try:
         infos = admin.jobs_info(queue, [job_id for job_id, _ in readable.values()])
-    except (DeserializationError, ValueError):  # not this bridge's jobs, or not job ids
+    except (DeserializationError, NoSuchJobError, ValueError):  # not jobs of this bridge
         infos = [admin.JobInfo(id=job_id, status=UNKNOWN) for job_id, _ in readable.values()]
     for (provider, (job_id, at)), info in zip(readable.items(), infos, strict=True):
         outcome = info.status

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,8 +15,16 @@ from rq import Queue
 
 from bridge import admin
 from bridge.embedded import free_port
-from bridge.inspect import member_report
+from bridge.inspect import (
+    EntitlementView,
+    SotionMember,
+    SotionView,
+    grants,
+    member_report,
+    verdict,
+)
 from bridge.intake_script import member_events_key
+from bridge.membership import DesiredMember
 from bridge.sandbox import SandboxServer
 from bridge.settings import Settings
 from bridge.sotion import SotionClient
@@ -279,3 +288,37 @@ def test_the_dry_run_is_said_where_sotion_differs(
 
     assert report.dry_run and report.sotion.member is None
     assert report.verdict.endswith("Dry run is on: writes are not sent (BRIDGE_DRY_RUN)")
+
+
+# -- the verdict of a products rule that grants groups, not paid (pure) ---------------------
+
+
+def _groups_only(member: SotionMember | None) -> str:
+    entitlement = EntitlementView(
+        key="stripe:sub_bonus",
+        provider="stripe",
+        purchase="subscription sub_bonus",
+        state="active",
+        since=datetime(2026, 12, 1, tzinfo=UTC),
+        event_id="evt_1",
+        job_id=None,
+        products=("price_bonus",),
+        disputes=(),
+        grants_access=True,
+        listed=True,
+    )
+    desired = DesiredMember(paid=False, blocked=False, groups=frozenset({"grp_bonus"}))
+    assert grants(desired)
+    return verdict([entitlement], desired, SotionView(member), [], dry_run=False)
+
+
+def test_a_rule_granting_groups_only_is_access_when_sotion_has_the_group() -> None:
+    inside = SotionMember("m1", False, "active", ("Bonus",), ("grp_bonus",))
+    assert _groups_only(inside).startswith("has access: Stripe subscription sub_bonus active")
+
+
+def test_a_missing_group_is_named_in_the_verdict() -> None:
+    outside = SotionMember("m1", False, "active", (), ())
+    line = _groups_only(outside)
+    assert line.startswith("should have access")
+    assert "outside group(s) grp_bonus" in line

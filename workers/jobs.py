@@ -66,7 +66,9 @@ def apply_membership_event(payload: dict[str, Any], final: bool = False) -> dict
 def count_outcome(current: runtime.Runtime, event: MembershipEvent, outcome: str) -> None:
     """What the job came to: the Prometheus counter and the operator page's chart."""
     metrics.count(current.redis, "bridge_jobs", outcome=outcome)
-    if outcome != "retrying":  # the chart counts each delivery once, where it ends
+    # The chart counts each delivery once, where it ends: not each retry, and a parked
+    # event when its parked job has run.
+    if outcome not in ("retrying", "parked"):
         activity.record(current.redis, event.provider, outcome)
 
 

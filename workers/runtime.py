@@ -150,6 +150,7 @@ def build(settings: Settings, connection: redis.Redis | None = None) -> Runtime:
             policy=policy(settings),
             catalog=catalog,
             schedule_resync=schedule_resync,
+            dry_run=settings.dry_run,
         ),
         patient,
         Intake(queue, retry_policy(settings)),

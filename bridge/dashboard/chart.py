@@ -1,7 +1,7 @@
 """A provider's last 24 hours as an inline SVG of stacked bars (no JavaScript).
 
 Three bands per hour, told apart by fill *and* pattern so the chart reads without colour:
-applied (solid), trouble (failed for good, parked: hatched), and acknowledged without a
+applied (solid), trouble (failed for good: hatched), and acknowledged without a
 job (duplicate, ignored, unusable: dotted outline). Each bar has a <title> with its counts.
 """
 
@@ -15,7 +15,7 @@ from bridge.activity import Hour
 
 BANDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("applied", ("applied",)),
-    ("trouble", ("failed", "parked")),
+    ("trouble", ("failed",)),
     ("acknowledged", ("duplicate", "ignored", "unusable")),
 )
 WIDTH, HEIGHT, GAP = 480, 80, 2

@@ -7,6 +7,7 @@ Views are thin: they read through ``bridge.status`` and ``bridge.inspect`` (what
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 
@@ -14,11 +15,12 @@ from flask import Blueprint, Response, flash, redirect, render_template, request
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError
 from rq import Queue
+from rq.utils import as_text
 
 from bridge import activity, admin, inspect, startup, status
 from bridge.app import current_bridge
 from bridge.dashboard import auth, chart
-from bridge.queues import enqueue_resync
+from bridge.queues import FAILURE_TTL, enqueue_resync
 from bridge.redact import mask_email
 from bridge.settings import retry_policy
 from bridge.sotion import SotionError, client_from_settings
@@ -120,9 +122,12 @@ def member() -> ResponseReturnValue:
 
 @bp.get("/failed")
 def failed() -> ResponseReturnValue:
-    jobs = admin.failed_jobs(current_bridge().queue, limit=FAILED_LIMIT)
-    now = datetime.now(UTC)
-    return render_template("admin/failed.html", jobs=jobs, now=now, mask=mask_email)
+    queue = current_bridge().queue
+    jobs = admin.failed_jobs(queue, limit=FAILED_LIMIT)
+    total = queue.failed_job_registry.count
+    return render_template(
+        "admin/failed.html", jobs=jobs, total=total, before=time.time(), mask=mask_email
+    )
 
 
 @bp.get("/events")
@@ -209,7 +214,17 @@ def _member_report(email: str) -> inspect.MemberReport:
 def _chosen(queue: Queue) -> list[str]:
     """The job ids a button names: one (``job_id``) or every failed job (``all``)."""
     if request.form.get("all") == "1":
-        return [job.id for job in admin.failed_jobs(queue, limit=10_000)]
+        # What had failed when the page was shown, no later one: RQ scores a failed job
+        # by when it expires, FAILURE_TTL after it failed.
+        try:
+            shown = float(request.form.get("before") or "inf")
+        except ValueError:
+            shown = math.inf
+        registry = queue.failed_job_registry
+        found: list[bytes] = queue.connection.zrangebyscore(  # type: ignore[assignment]
+            registry.key, "-inf", shown + FAILURE_TTL
+        )
+        return [as_text(job_id) for job_id in found]
     return [job_id for job_id in request.form.getlist("job_id") if job_id]
 
 

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import pytest
 import redis
 from click.testing import CliRunner
+from flask import Flask
 from flask.testing import FlaskClient
 from rq import Queue
 
 from bridge.app import create_app
 from bridge.cli import main
-from bridge.dashboard.auth import MAX_FAILURES
+from bridge.dashboard import auth
+from bridge.dashboard.auth import FAILURES_PREFIX, MAX_FAILURES, MAX_FAILURES_IN_ALL, SESSION_HOURS
 from bridge.sandbox import SandboxServer
 from bridge.settings import Settings
 from bridge.sotion import SotionClient
@@ -253,3 +256,72 @@ def test_no_secret_is_ever_on_a_page(
             assert secret not in html, path
         assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
         assert response.headers["Cache-Control"] == "no-store"
+
+
+# -- what a hostile client tries -----------------------------------------------------------
+
+
+def test_a_forwarded_header_that_is_no_address_does_not_lift_the_limit(
+    client: FlaskClient,
+) -> None:
+    for attempt in range(MAX_FAILURES):
+        spoofed = {"X-Forwarded-For": f"not-an-address-{attempt}"}
+        assert (
+            log_in(client, token="adm_wrong_0000000000000000000000000", **spoofed).status_code
+            == 401
+        )
+    assert log_in(client, **{"X-Forwarded-For": "still-not-one"}).status_code == 429
+
+
+def test_a_flood_from_many_addresses_is_stopped_in_all_and_makes_few_keys(
+    client: FlaskClient, redis_conn: redis.Redis
+) -> None:
+    wrong = "adm_wrong_0000000000000000000000000"
+    for n in range(MAX_FAILURES_IN_ALL + 20):
+        log_in(client, token=wrong, **{"X-Forwarded-For": f"10.0.{n // 250}.{n % 250 + 1}"})
+    assert log_in(client, **{"X-Forwarded-For": "192.0.2.7"}).status_code == 429
+    assert len(redis_conn.keys(FAILURES_PREFIX + "*")) <= MAX_FAILURES_IN_ALL + 1
+
+
+def test_logging_in_again_and_again_is_no_failure(client: FlaskClient) -> None:
+    for _ in range(MAX_FAILURES + 2):
+        assert log_in(client).status_code == 302
+
+
+def test_a_next_address_with_a_line_break_is_not_followed(client: FlaskClient) -> None:
+    form = client.get("/admin/login")
+    response = client.post(
+        "/admin/login?next=/admin/%0d%0aX-Injected:1",
+        data={"token": ADMIN_TOKEN, "csrf_token": csrf_of(form)},
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/admin/"
+    assert "X-Injected" not in response.headers
+
+
+def test_logging_out_ends_every_copy_of_the_session(operator: FlaskClient, app: Flask) -> None:
+    copy = app.test_client()
+    cookie = operator.get_cookie("bridge_admin", path="/admin")
+    assert cookie is not None
+    copy.set_cookie("bridge_admin", cookie.value, path="/admin")
+    assert copy.get("/admin/").status_code == 200
+
+    press(operator, "/admin/", "/admin/logout")
+
+    assert copy.get("/admin/").status_code == 302
+
+
+def test_a_session_ends_after_its_hours_however_busy(
+    operator: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    later = time.time() + SESSION_HOURS * 3600 + 1
+    monkeypatch.setattr(auth.time, "time", lambda: later)
+    assert operator.get("/admin/").status_code == 302
+
+
+@pytest.mark.parametrize("job_id", ["\x00", "a.b", "x" * 300])
+def test_a_job_id_rq_cannot_read_is_reported_not_a_500(operator: FlaskClient, job_id: str) -> None:
+    for action in ("/admin/failed/replay", "/admin/failed/purge"):
+        response = press(operator, "/admin/failed", action, job_id=job_id)
+        assert response.status_code == 302, action
+        assert "1 no longer failed." in operator.get("/admin/failed").get_data(as_text=True)
