@@ -113,11 +113,12 @@ def overview() -> ResponseReturnValue:
     return render_template("admin/overview.html", report=report, charts=charts, bands=chart.BANDS)
 
 
-@bp.get("/member")
+@bp.route("/member", methods=["GET", "POST"])
 def member() -> ResponseReturnValue:
-    email = (request.args.get("email") or "").strip()
-    report = _member_report(email) if email else None
-    return render_template("admin/member.html", email=email, report=report)
+    """The search, and (POST) one buyer's story: the email travels in the form, never in
+    a URL, so no proxy's or platform's access log records it."""
+    email = request.form.get("email", "").strip() if request.method == "POST" else ""
+    return _member_page(email)
 
 
 @bp.get("/failed")
@@ -164,7 +165,7 @@ def member_resync() -> ResponseReturnValue:
             fresh=True,
         )
         flash(f"Re-sync queued (job {job.id}).")
-    return redirect(url_for("admin.member", email=email))
+    return _member_page(email)
 
 
 @bp.post("/member/replay")
@@ -174,7 +175,7 @@ def member_replay() -> ResponseReturnValue:
     ids = [job.id for job in admin.failed_jobs(queue, limit=FAILED_LIMIT, email=email)]
     replayed, _ = admin.replay(queue, ids)
     flash(f"{len(replayed)} failed job(s) put back on the queue.")
-    return redirect(url_for("admin.member", email=email))
+    return _member_page(email)
 
 
 @bp.post("/failed/replay")
@@ -194,6 +195,11 @@ def failed_purge() -> ResponseReturnValue:
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _member_page(email: str) -> ResponseReturnValue:
+    report = _member_report(email) if email else None
+    return render_template("admin/member.html", email=email, report=report)
 
 
 def _member_report(email: str) -> inspect.MemberReport:

@@ -30,3 +30,8 @@ def press(client: FlaskClient, page: str, action: str, **fields: str) -> TestRes
     """Send one of ``page``'s forms to ``action`` with its CSRF token, as the button does."""
     token = csrf_of(client.get(page))
     return client.post(action, data={"csrf_token": token, **fields})
+
+
+def member_page(client: FlaskClient, email: str) -> TestResponse:
+    """Search for a buyer as the member page's form does (a POST: no email in a URL)."""
+    return press(client, "/admin/member", "/admin/member", email=email)
