@@ -204,10 +204,19 @@ def _reconcile(reconcile: ReconcileState, now: datetime) -> str:
         due = f", next {_when(reconcile.next_at, now)}" if reconcile.next_at else ""
         schedule = f"every {reconcile.interval_minutes:g} min{due}"
     running = "running now" if reconcile.running else "not running"
-    return (
+    line = (
         f"{schedule}; {running}; scheduled runs: {reconcile.runs_done:,} done, "
         f"{reconcile.runs_failed:,} failed, {reconcile.repairs:,} member(s) repaired"
     )
+    last = reconcile.last
+    if last is not None:
+        when = _when(last.started_at, now) if last.started_at else "at an unknown time"
+        dry = " (dry run)" if last.dry_run else ""
+        line += (
+            f"; last: {last.kind}{dry} {when}, {last.changed:,} of {last.members:,} "
+            f"member(s) changed, {last.failures:,} failure(s)"
+        )
+    return line
 
 
 def _time(moment: datetime) -> str:

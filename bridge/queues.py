@@ -19,6 +19,9 @@ APPLY_EVENT_JOB = "workers.jobs.apply_membership_event"
 RESYNC_JOB = "workers.jobs.resync_member"
 RECONCILE_JOB = "workers.jobs.reconcile_providers"
 # Seconds one job may run before RQ considers it stuck.
+# What the last complete backfill or reconcile did (JSON: its summary and when it started).
+RECONCILE_REPORT_KEY = "bridge:reconcile:last-report"
+
 JOB_TIMEOUT = 180
 # Finished jobs are kept a week for inspection; failed ones a year (RQ's default).
 RESULT_TTL = 7 * 24 * 3600

@@ -11,6 +11,7 @@ carry no presentation: the command line and the admin page render the same repor
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from rq.utils import as_text
 
 from bridge import admin, metrics
 from bridge.intake_script import LAST_EVENT_KEY
-from bridge.queues import bridge_queue
+from bridge.queues import RECONCILE_REPORT_KEY, bridge_queue
 from bridge.settings import Settings
 from workers.budget import BUDGET_KEY
 from workers.parking import PARKED_JOB_PREFIX
@@ -130,6 +131,19 @@ class ReconcileState:
     runs_done: int
     runs_failed: int
     repairs: int
+    last: LastRun | None = None  # the last complete backfill or reconcile
+
+
+@dataclass(frozen=True)
+class LastRun:
+    """What the last complete backfill or reconcile (scheduled or by hand) did."""
+
+    kind: str
+    started_at: datetime | None
+    dry_run: bool
+    members: int  # members compared
+    changed: int  # members written (dry: to be written)
+    failures: int
 
 
 @dataclass(frozen=True)
@@ -199,6 +213,7 @@ def _read(
         runs_done=counters.get(metrics.field("bridge_reconciles", outcome="done"), 0),
         runs_failed=counters.get(metrics.field("bridge_reconciles", outcome="failed"), 0),
         repairs=counters.get(metrics.field("bridge_reconcile_repairs"), 0),
+        last=_last_run(connection.get(RECONCILE_REPORT_KEY)),
     )
     by_action: dict[str, int] = {}
     for name, value in counters.items():
@@ -319,6 +334,24 @@ def _last_events(queue: Queue, records: Mapping[str, str]) -> dict[str, LastEven
 def _scheduled_at(queue: Queue, job: Job) -> datetime | None:
     due = queue.connection.zscore(queue.scheduled_job_registry.key, job.id)
     return _moment(due)
+
+
+def _last_run(raw: bytes | str | None) -> LastRun | None:
+    """The stored summary of the last run; None when there is none or it is unreadable."""
+    if raw is None:
+        return None
+    try:
+        summary = json.loads(raw)
+        return LastRun(
+            kind=str(summary["kind"]),
+            started_at=_moment(summary.get("started_at")),
+            dry_run=bool(summary.get("dry_run")),
+            members=int(summary.get("members", 0)),
+            changed=int(summary.get("changed", 0)),
+            failures=int(summary.get("failures", 0)),
+        )
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def _moment(value: bytes | str | float | None) -> datetime | None:

@@ -287,6 +287,11 @@ def test_reconciles_show_when_each_provider_was_last_read_and_the_counters(
     assert (reconcile.runs_done, reconcile.runs_failed, reconcile.running) == (1, 0, False)
     assert reconcile.next_at is not None
     assert abs(reconcile.next_at.timestamp() - (time.time() + 3600)) < 60
+    assert reconcile.last is not None  # the scheduled run, which found nothing new
+    assert (reconcile.last.kind, reconcile.last.dry_run) == ("reconcile", False)
+    assert (reconcile.last.members, reconcile.last.changed, reconcile.last.failures) == (1, 0, 0)
+    assert reconcile.last.started_at is not None
+    assert started <= reconcile.last.started_at.timestamp() <= time.time()
     # The scheduled run waits in RQ's scheduler, and is no retry.
     assert report.queue is not None and report.queue.scheduled_retries == 0
 

@@ -13,6 +13,7 @@ every member that has a ledger with Sotion and repair what differs. One runs at 
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -23,6 +24,7 @@ from rq.utils import as_text
 
 from bridge.events import EntitlementState
 from bridge.intake import Intake
+from bridge.queues import RECONCILE_REPORT_KEY
 from bridge.sotion import SotionAPI
 from bridge.sources import Batch, Source
 from workers.bulk_sync import BulkSync
@@ -263,6 +265,9 @@ class Reconciler:
             )
             if self.always_dry:
                 count_unsent(self.redis, (a for c in report.sync.changes for a in c.actions))
+            self.redis.set(
+                RECONCILE_REPORT_KEY, json.dumps({**report.summary(), "started_at": started})
+            )
             if not dry_run:
                 for provider in providers:
                     self.redis.set(_last_key(provider), repr(started))

@@ -25,6 +25,7 @@ from bridge.settings import Settings
 from bridge.sotion import SotionClient
 from tests.admin.pages import ADMIN_TOKEN, csrf_of, log_in, member_page, press
 from tests.conftest import drain
+from tests.reconcile.scripted import ScriptedSource, observed
 from tests.test_stripe_flow import EMAIL, T0, checkout_payment, deliver, member_of
 from workers import runtime as worker_runtime
 
@@ -342,3 +343,15 @@ def test_a_buyers_email_is_never_in_a_url(
     ):
         assert response.status_code == 200  # the page itself, not a redirect to a URL
         assert EMAIL in response.get_data(as_text=True)
+
+
+def test_the_overview_says_what_the_last_reconcile_changed(
+    operator: FlaskClient, runtime: worker_runtime.Runtime
+) -> None:
+    assert "No backfill or reconcile has run yet." in operator.get("/admin/").get_data(True)
+    runtime.reconciler.sources["stripe"] = ScriptedSource([[observed(EMAIL, "sub_admin")]])
+    runtime.reconciler.reconcile(["stripe"])
+
+    html = operator.get("/admin/").get_data(as_text=True)
+    assert "Last run: reconcile" in html
+    assert "1 of 1 member(s) changed, 0 failure(s)." in html
