@@ -15,9 +15,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from bridge import admin, discovery
-from bridge.inspect import PROVIDER_NAMES, MemberReport, member_report
+from bridge.inspect import MemberReport, member_report
 from bridge.settings import Settings, SettingsError
 from bridge.sotion import SotionAPI, client_from_settings
+from bridge.verdict import PROVIDER_NAMES
 
 # Sotion is read with a short timeout: the report says it could not be, it does not wait.
 SOTION_TIMEOUT = (2.0, 3.0)

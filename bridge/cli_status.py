@@ -14,15 +14,14 @@ from rich.table import Table
 
 from bridge import admin, discovery
 from bridge.settings import Settings, SettingsError
-from bridge.status import (
-    API_VARIABLES,
+from bridge.status import API_VARIABLES, status_report
+from bridge.status_model import (
     BudgetState,
     LastEvent,
     ProviderState,
     QueueState,
     ReconcileState,
     StatusReport,
-    status_report,
 )
 
 # Exit codes (stated in --help).

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rq import Queue
 
-from bridge import discovery
+from bridge import discovery, trigger_wait
 from bridge import trigger as core
 from bridge.errors import BridgeError
 from bridge.products import Catalog, load_catalog
@@ -143,7 +143,7 @@ def trigger(
     console.print(f"bridge: [green]{answer.status}[/] {escape(_summary(answer))}")
     if queue is None or not answer.jobs:
         sys.exit(1 if unlisted else 0)
-    outcomes = core.wait(queue, answer.jobs, timeout=timeout)
+    outcomes = trigger_wait.wait(queue, answer.jobs, timeout=timeout)
     for found in outcomes:
         detail = unlisted if found.state == "ignored" and unlisted else found.detail
         colour = "green" if found.state == "applied" else "red"

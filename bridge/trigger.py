@@ -11,20 +11,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import time
 import urllib.parse
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
 import stripe as stripe_sdk
-from rq import Queue
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
 
-from bridge import admin
 from bridge.discovery import read_record
 from bridge.embedded import process_alive
 from bridge.events import MembershipEvent
@@ -50,8 +44,6 @@ SECRET_VARIABLES = {
 DEFAULT_PORT = 8000
 # (connect, read) seconds for the POST.
 HTTP_TIMEOUT = (3.05, 10.0)
-# Seconds between two reads of a job's status while waiting.
-POLL_SECONDS = 0.1
 # What the bridge says about an ignored event, by the reason its answer gives.
 IGNORED_BECAUSE = {
     "test_mode": (
@@ -118,21 +110,6 @@ class Answer:
     def accepted(self) -> bool:
         """A 2xx that queued the event (or had it already)."""
         return 200 <= self.status < 300 and self.reason is None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """Where one job stands: applied, ignored, parked, failed, retrying or queued."""
-
-    job_id: str
-    state: str
-    detail: str = ""
-    actions: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def done(self) -> bool:
-        """The job has an outcome that waiting longer will not change."""
-        return self.state in ("applied", "ignored", "parked", "failed")
 
 
 def sample(provider: str, event: str) -> Sample:
@@ -312,52 +289,3 @@ def read_answer(status: int, body: dict[str, Any], *, test_mode: bool) -> Answer
     if body.get("ignored") and test_mode:
         return Answer(status, body, reason=IGNORED_BECAUSE["test_mode"])
     return Answer(status, body, reason="the bridge acknowledged it and queued nothing")
-
-
-def outcome(queue: Queue, job_id: str) -> Outcome:
-    """Where the job stands now."""
-    try:
-        job = Job.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
-    except NoSuchJobError:
-        return Outcome(job_id, "applied", "finished (its result has expired)")
-    status = job.get_status(refresh=False)
-    if status == JobStatus.FINISHED:
-        return _finished(job_id, job.return_value())
-    if status == JobStatus.FAILED:
-        return Outcome(job_id, "failed", admin.failure_reason(job))
-    meta = job.meta or {}
-    if "parked" in meta:
-        return Outcome(job_id, "parked", str(meta["parked"]))
-    if status == JobStatus.SCHEDULED and job.latest_result() is not None:
-        return Outcome(job_id, "retrying", admin.failure_reason(job))
-    return Outcome(job_id, "queued", str(status or "queued"))
-
-
-def _finished(job_id: str, result: Any) -> Outcome:
-    result = result if isinstance(result, dict) else {}
-    if "parked" in result:
-        return Outcome(job_id, "parked", str(result.get("reason") or ""))
-    actions = tuple(str(action) for action in result.get("actions") or ())
-    if result.get("email") == "-" and not actions:
-        return Outcome(job_id, "ignored", "the worker applied it to no member")
-    detail = "Sotion: " + ", ".join(actions) if actions else "Sotion already matched"
-    if not result.get("ledger_changed"):
-        detail += " (the ledger did not change)"
-    return Outcome(job_id, "applied", detail, actions)
-
-
-def wait(
-    queue: Queue,
-    job_ids: tuple[str, ...],
-    *,
-    timeout: float,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> list[Outcome]:
-    """Each job's outcome, read until all are done or ``timeout`` seconds have passed."""
-    deadline = clock() + timeout
-    while True:
-        found = [outcome(queue, job_id) for job_id in job_ids]
-        if all(item.done for item in found) or clock() >= deadline:
-            return found
-        sleep(POLL_SECONDS)

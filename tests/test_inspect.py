@@ -15,19 +15,13 @@ from rq import Queue
 
 from bridge import admin
 from bridge.embedded import free_port
-from bridge.inspect import (
-    EntitlementView,
-    SotionMember,
-    SotionView,
-    grants,
-    member_report,
-    verdict,
-)
+from bridge.inspect import EntitlementView, SotionMember, SotionView, member_report
 from bridge.intake_script import member_events_key
 from bridge.membership import DesiredMember
 from bridge.sandbox import SandboxServer
 from bridge.settings import Settings
 from bridge.sotion import SotionClient
+from bridge.verdict import grants, verdict
 from bridge.web import EXPLAIN_HEADER
 from tests import lemonsqueezy_events as ls
 from tests import stripe_events as se

@@ -27,7 +27,8 @@ from bridge.queues import RECONCILE_JOB
 from bridge.sandbox import SandboxServer
 from bridge.settings import Settings
 from bridge.sotion import RateLimit, SotionClient
-from bridge.status import UNKNOWN, StatusReport, status_report
+from bridge.status import status_report
+from bridge.status_model import UNKNOWN, StatusReport
 from tests.reconcile.scripted import ScriptedSource, observed
 from tests.stripe_events import event
 from tests.test_stripe_flow import (

@@ -18,7 +18,7 @@ from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 from werkzeug.serving import make_server
 
-from bridge import discovery, runner
+from bridge import discovery, runner, trigger_wait
 from bridge import trigger as core
 from bridge.app import create_app
 from bridge.cli import main
@@ -221,7 +221,7 @@ def test_a_job_that_fails_is_reported_with_its_reason(
 
 
 def test_a_job_whose_result_expired_counts_as_applied(queue: Queue) -> None:
-    assert core.outcome(queue, "stripe-gone") == core.Outcome(
+    assert trigger_wait.outcome(queue, "stripe-gone") == trigger_wait.Outcome(
         "stripe-gone", "applied", "finished (its result has expired)"
     )
 

@@ -88,6 +88,17 @@ def shoot(driver: object, name: str) -> None:
     driver.set_window_size(*DESKTOP)  # type: ignore[attr-defined]
 
 
+def click(driver: object, by: str, value: str) -> None:
+    """Click what leads to another page, and wait until the browser has left this one
+    (reading the new page before it is there finds the old page's elements)."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    page = driver.find_element("tag name", "html")  # type: ignore[attr-defined]
+    driver.find_element(by, value).click()  # type: ignore[attr-defined]
+    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))  # type: ignore[arg-type]
+
+
 def purchase(web: commands.Web, email: str, session_id: str) -> None:
     obj = checkout_payment(email)
     obj.update(id=session_id, payment_intent=f"pi_{session_id}")
@@ -126,7 +137,7 @@ def test_an_operator_logs_in_finds_a_buyer_replays_a_failure_and_logs_out(
     assert "/admin/login" in driver.current_url  # type: ignore[attr-defined]
     shoot(driver, "login")
     find(By.ID, "token").send_keys(ADMIN_TOKEN)
-    find(By.ID, "login").click()
+    click(driver, By.ID, "login")
     assert find(By.TAG_NAME, "h1").text == "Overview"
     assert find(By.ID, "failed-count").text == "1"
     assert "Needs attention" in find(By.ID, "verdict").text
@@ -135,26 +146,26 @@ def test_an_operator_logs_in_finds_a_buyer_replays_a_failure_and_logs_out(
     # The buyer who paid: the whole story.
     driver.get(f"{web.base}/admin/member")  # type: ignore[attr-defined]
     find(By.ID, "email").send_keys(PAID)
-    find(By.ID, "find").click()
+    click(driver, By.ID, "find")
     assert find(By.ID, "verdict").text.startswith("Has access")
     assert "Paid\nyes" in find(By.ID, "sotion").text
     shoot(driver, "member")
 
     # The failed job: replayed from the page, applied by the worker.
-    find(By.LINK_TEXT, "Failed jobs").click()
+    click(driver, By.LINK_TEXT, "Failed jobs")
     assert "b***@example.com" in find(By.ID, "failed").text
     shoot(driver, "failed")
-    find(By.CSS_SELECTOR, "button.replay-one").click()
+    click(driver, By.CSS_SELECTOR, "button.replay-one")
     assert "1 job(s) put back on the queue." in find(By.CSS_SELECTOR, ".notice").text
     drain(queue)
     assert member_of(sotion_api, BROKEN).paid is True
-    find(By.LINK_TEXT, "Member").click()
+    click(driver, By.LINK_TEXT, "Member")
     find(By.ID, "email").send_keys(BROKEN)
-    find(By.ID, "find").click()
+    click(driver, By.ID, "find")
     assert find(By.ID, "verdict").text.startswith("Has access")
     assert BROKEN not in driver.current_url  # type: ignore[attr-defined]
 
-    find(By.LINK_TEXT, "Events").click()
+    click(driver, By.LINK_TEXT, "Events")
     assert PAID in find(By.ID, "deliveries").text and BROKEN in find(By.ID, "deliveries").text
     shoot(driver, "events")
 
@@ -183,7 +194,7 @@ def test_an_operator_logs_in_finds_a_buyer_replays_a_failure_and_logs_out(
     )
     assert done.status_code == 302
 
-    find(By.ID, "logout").click()
+    click(driver, By.ID, "logout")
     assert "/admin/login" in driver.current_url  # type: ignore[attr-defined]
     driver.get(f"{web.base}/admin/")  # type: ignore[attr-defined]
     assert "/admin/login" in driver.current_url  # type: ignore[attr-defined]
