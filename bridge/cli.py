@@ -37,7 +37,7 @@ from bridge.settings import ENV_FILE_VARIABLE, Settings, SettingsError, load_env
 from bridge.sotion import SotionError, client_from_settings
 
 # The key of the sandbox that `bridge run --sandbox` starts.
-SANDBOX_KEY = "so_sandbox"
+SANDBOX_KEY = runner.SANDBOX_SOTION_KEY
 # Where the group callback leaves the env file it read (click's per-run metadata).
 _ENV_FILE_META = "bridge.env_file"
 
@@ -203,7 +203,8 @@ def run(host: str, port: int | None, use_sandbox: bool, sandbox_port: int) -> No
                     f"Sotion sandbox on {server.url} (state: {server.root_url}/_sandbox/state)"
                 )
             click.echo(f"bridge web on http://{host}:{web_port} (Ctrl-C stops everything)")
-            code = runner.run(environ, host=host, port=web_port, lock=lock)
+            sandbox_url = server.url if server is not None else None
+            code = runner.run(environ, host=host, port=web_port, lock=lock, sandbox_url=sandbox_url)
         except (SettingsError, EmbeddedRedisError) as exc:
             raise click.ClickException(str(exc)) from exc
         finally:

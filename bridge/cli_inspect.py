@@ -16,6 +16,7 @@ from rich.table import Table
 
 from bridge import admin, discovery
 from bridge.inspect import MemberReport, member_report
+from bridge.runner import sandbox_settings
 from bridge.settings import Settings, SettingsError
 from bridge.sotion import SotionAPI, client_from_settings
 from bridge.verdict import PROVIDER_NAMES
@@ -68,7 +69,7 @@ def member(email: str, as_json: bool) -> None:
 def _sotion(settings: Settings) -> SotionAPI | None:
     """A Sotion client with a short timeout; None when no key is configured."""
     try:
-        return client_from_settings(settings, timeout=SOTION_TIMEOUT)
+        return client_from_settings(sandbox_settings(settings), timeout=SOTION_TIMEOUT)
     except SettingsError:
         return None
 

@@ -66,6 +66,8 @@ class RunRecord:
     redis_url: str | None = None
     redis_pid: int | None = None
     redis_dir: str | None = None
+    # `bridge run --sandbox`: the local Sotion sandbox's API (its key is public).
+    sandbox_url: str | None = None
 
 
 class RunLock:
@@ -117,7 +119,12 @@ def _pid_in(content: bytes) -> int | None:
 
 
 def new_record(
-    web_url: str, *, redis_url: str | None = None, redis_pid: int | None = None, redis_dir: Path
+    web_url: str,
+    *,
+    redis_url: str | None = None,
+    redis_pid: int | None = None,
+    redis_dir: Path,
+    sandbox_url: str | None = None,
 ) -> RunRecord:
     """The record of this process's run."""
     return RunRecord(
@@ -127,6 +134,7 @@ def new_record(
         redis_url=redis_url,
         redis_pid=redis_pid,
         redis_dir=str(redis_dir.resolve()) if redis_url is not None else None,
+        sandbox_url=sandbox_url,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -15,12 +16,14 @@ from types import FrameType
 from typing import Any
 
 from bridge.discovery import RunLock, new_record, read_record, remove_record, write_record
-from bridge.embedded import EmbeddedRedis, stop_stray
+from bridge.embedded import EmbeddedRedis, process_alive, stop_stray
 from bridge.orphans import die_with_parent
 from bridge.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
+# The key of the Sotion sandbox that `bridge run --sandbox` starts (public: sandbox only).
+SANDBOX_SOTION_KEY = "so_sandbox"
 # The Stripe signing secret `bridge run --sandbox` uses unless one is set.
 SANDBOX_STRIPE_SECRET = "whsec_sandboxOnlyPublicNotASecret000"
 # The same for Lemon Squeezy's signing secret and Gumroad's ping token (public: sandbox only).
@@ -56,7 +59,14 @@ def worker_command() -> list[str]:
     return [sys.executable, "-m", "bridge.cli", "worker"]
 
 
-def run(environ: Mapping[str, str], *, host: str, port: int, lock: RunLock) -> int:
+def run(
+    environ: Mapping[str, str],
+    *,
+    host: str,
+    port: int,
+    lock: RunLock,
+    sandbox_url: str | None = None,
+) -> int:
     """Start Redis (if needed), web and worker; stop them all when one stops or on a signal.
 
     The caller holds ``lock``, the data dir's: no other run can start or stop a server
@@ -84,6 +94,7 @@ def run(environ: Mapping[str, str], *, host: str, port: int, lock: RunLock) -> i
                 redis_url=embedded.url if embedded else None,
                 redis_pid=embedded.pid if embedded else None,
                 redis_dir=redis_dir,
+                sandbox_url=sandbox_url,
             )
             write_record(data_dir, record)
             if not signals.received:
@@ -174,6 +185,19 @@ def _terminate(children: list[subprocess.Popen[bytes]], signals: _StopSignals) -
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)
         child.wait()
+
+
+def sandbox_settings(settings: Settings) -> Settings:
+    """``settings`` as the running ``bridge run --sandbox`` of this data dir has them, when
+    they name no Sotion key: the other commands (`bridge member`) then read its sandbox."""
+    if settings.sotion_api_key is not None:
+        return settings
+    record = read_record(Path(settings.data_dir))
+    if record is None or record.sandbox_url is None or not process_alive(record.pid):
+        return settings
+    return dataclasses.replace(
+        settings, sotion_api_key=SANDBOX_SOTION_KEY, sotion_api_url=record.sandbox_url
+    )
 
 
 def sandbox_environment(environ: Mapping[str, str], sotion_url: str, key: str) -> dict[str, str]:

@@ -123,9 +123,9 @@ def sample(provider: str, event: str) -> Sample:
 
 
 def sandbox_running(settings: Settings) -> bool:
-    """Whether a ``bridge run`` is alive on this data dir (it may be ``--sandbox``)."""
+    """Whether a ``bridge run --sandbox`` is alive on this data dir."""
     record = read_record(Path(settings.data_dir))
-    return record is not None and process_alive(record.pid)
+    return record is not None and record.sandbox_url is not None and process_alive(record.pid)
 
 
 def secret(provider: str, settings: Settings, *, sandbox: bool = False) -> str:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from flask.testing import FlaskClient
 from rq import Queue
 
+from bridge import discovery, runner
 from bridge.cli import main
 from bridge.embedded import free_port
 from bridge.sandbox import SandboxServer
@@ -115,3 +119,35 @@ def test_member_as_a_process_exits_1_for_nothing_known_and_2_without_a_redis(
     assert no_redis.returncode == 2
     (line,) = commands.lines(no_redis)
     assert "no Redis: set REDIS_URL" in line
+
+
+def test_member_reads_the_sandbox_of_a_running_bridge_run_sandbox(
+    client: FlaskClient,
+    queue: Queue,
+    runtime: worker_runtime.Runtime,
+    env: dict[str, str],
+    sotion: SandboxServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Under `bridge run --sandbox` the Sotion key and URL live in that run's environment
+    # only; another shell's `bridge member` finds them in the run record.
+    stripe_purchase(client, "sandboxed@example.com")
+    drain(queue)
+    monkeypatch.setattr(runner, "SANDBOX_SOTION_KEY", SANDBOX_KEY)  # the test sandbox's key
+    data_dir = tmp_path / "data"
+    record = discovery.new_record(
+        "http://127.0.0.1:8000", redis_dir=data_dir, sandbox_url=sotion.url
+    )
+    discovery.write_record(data_dir, dataclasses.replace(record, pid=os.getpid()))
+    shell = {k: v for k, v in env.items() if not k.startswith("SOTION_")}
+    shell["BRIDGE_DATA_DIR"] = str(data_dir)
+
+    result = CliRunner().invoke(main, ["member", "sandboxed@example.com"], env=shell)
+
+    assert result.exit_code == 0, result.output
+    assert "paid=true status=active" in result.output
+    assert "has access: Stripe payment pi_inspect_1 active since" in result.output
+    discovery.remove_record(data_dir)
+    without = CliRunner().invoke(main, ["member", "sandboxed@example.com"], env=shell)
+    assert "SOTION_API_KEY is not set" in without.output

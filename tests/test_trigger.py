@@ -337,7 +337,9 @@ def test_the_running_bridge_and_its_sandbox_secret_are_found_from_the_run_record
     # What `bridge run --sandbox` sets for every provider whose secret is unset.
     assert runner.sandbox_environment({}, "http://s", "so_k")[variable] in str(value)
     url = start(**{setting: value})
-    record = discovery.new_record(url, redis_dir=Path(settings.data_dir))
+    record = discovery.new_record(
+        url, redis_dir=Path(settings.data_dir), sandbox_url="http://127.0.0.1:8090/api/v1"
+    )
     discovery.write_record(Path(settings.data_dir), dataclasses.replace(record, pid=os.getpid()))
     env = {k: v for k, v in env.items() if k != variable}
     result = _trigger(env, provider, event, "--email", EMAIL, "--no-wait")
