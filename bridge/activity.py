@@ -1,11 +1,11 @@
 """Events per hour, by provider and outcome: what the operator's page charts.
 
 One small hash per hour (``bridge:activity:YYYYMMDDHH``, fields ``provider:outcome``),
-kept two days. The web adds what it acknowledged without queueing (duplicates, ignored,
-unusable) and the worker where each job ended (applied or failed for good: not each
-retry, and a parked event once its parked job has run), so a bar is the deliveries of
-that hour, each counted once where its fate is known (a failed job replayed and applied
-counts again, as applied).
+kept two days. The intake's script adds the duplicates it acknowledged, the web what it
+acknowledged without queueing (ignored, unusable) and the worker where each job ended
+(applied or failed for good: not each retry, and a parked event once its parked job has
+run), so a bar is the deliveries of that hour, each counted once where its fate is known
+(a failed job replayed and applied counts again, as applied).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def record(
     """Count ``amount`` events of ``provider`` that came to ``outcome`` this hour."""
     if amount <= 0:
         return
-    key = _key(at or datetime.now(UTC))
+    key = hour_key(at or datetime.now(UTC))
     pipe = connection.pipeline(transaction=False)
     pipe.hincrby(key, f"{provider}:{outcome}", amount)
     pipe.expire(key, KEEP_SECONDS)
@@ -67,7 +67,7 @@ def last_hours(connection: redis.Redis, now: datetime, hours: int = 24) -> list[
     starts = [top - timedelta(hours=back) for back in range(hours - 1, -1, -1)]
     pipe = connection.pipeline(transaction=False)
     for start in starts:
-        pipe.hgetall(_key(start))
+        pipe.hgetall(hour_key(start))
     return [
         Hour(start, _counts(raw.items())) for start, raw in zip(starts, pipe.execute(), strict=True)
     ]
@@ -87,5 +87,6 @@ def _counts(items: Iterable[tuple[bytes, bytes]]) -> dict[tuple[str, str], int]:
     return counts
 
 
-def _key(at: datetime) -> str:
+def hour_key(at: datetime) -> str:
+    """The hash of the hour ``at`` falls in."""
     return PREFIX + at.astimezone(UTC).strftime("%Y%m%d%H")

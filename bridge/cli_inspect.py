@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from datetime import datetime
 from typing import Any
@@ -14,15 +13,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bridge import admin, discovery
-from bridge.inspect import MemberReport, member_report
+from bridge import admin, cli_json, discovery
+from bridge.inspect import MemberReport, member_report, sotion_reader
 from bridge.runner import sandbox_settings
 from bridge.settings import Settings, SettingsError
-from bridge.sotion import SotionAPI, client_from_settings
 from bridge.verdict import PROVIDER_NAMES
-
-# Sotion is read with a short timeout: the report says it could not be, it does not wait.
-SOTION_TIMEOUT = (2.0, 3.0)
 
 
 class ConfigurationError(click.ClickException):
@@ -48,7 +43,7 @@ def member(email: str, as_json: bool) -> None:
         connection = discovery.connect(settings)
     except SettingsError as exc:
         raise ConfigurationError(str(exc)) from exc
-    sotion = _sotion(settings)
+    sotion = sotion_reader(sandbox_settings(settings))
     try:
         report = member_report(connection, sotion, settings, email)
     except SettingsError as exc:
@@ -60,18 +55,10 @@ def member(email: str, as_json: bool) -> None:
             sotion.close()
         connection.close()
     if as_json:
-        click.echo(json.dumps(_json(report), indent=2, default=_default))
+        click.echo(cli_json.dumps(_json(report)))
     else:
         _print(report)
     sys.exit(0 if report.known else 1)
-
-
-def _sotion(settings: Settings) -> SotionAPI | None:
-    """A Sotion client with a short timeout; None when no key is configured."""
-    try:
-        return client_from_settings(sandbox_settings(settings), timeout=SOTION_TIMEOUT)
-    except SettingsError:
-        return None
 
 
 def _print(report: MemberReport) -> None:
@@ -149,12 +136,6 @@ def _json(report: MemberReport) -> dict[str, Any]:
     data = dataclasses.asdict(report)
     data["known"] = report.known
     return data
-
-
-def _default(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def _time(moment: datetime | None) -> str:

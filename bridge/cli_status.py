@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from datetime import UTC, datetime
 
@@ -12,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bridge import admin, discovery
+from bridge import admin, cli_json, discovery
 from bridge.settings import Settings, SettingsError
 from bridge.status import API_VARIABLES, status_report
 from bridge.status_model import (
@@ -62,7 +61,7 @@ def status(as_json: bool) -> None:
     if report.redis_unreachable:
         raise UnavailableError(_naming_redis(settings, report.problems[0].message))
     if as_json:
-        click.echo(json.dumps(as_dict(report), indent=2, default=_json_default))
+        click.echo(cli_json.dumps(as_dict(report)))
     else:
         _print(Console(highlight=False), report)
     if not report.healthy:
@@ -84,16 +83,10 @@ def _naming_redis(settings: Settings, message: str) -> str:
 
 
 def as_dict(report: StatusReport) -> dict[str, object]:
-    """The report as JSON-ready values (times stay datetimes: see ``_json_default``)."""
+    """The report as JSON-ready values (times stay datetimes: ``cli_json`` writes them)."""
     values = dataclasses.asdict(report)
     values["redis_unreachable"] = report.redis_unreachable
     return values
-
-
-def _json_default(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 # -- the rich rendering ----------------------------------------------------------------

@@ -21,10 +21,12 @@ from bridge.ledger import UNKNOWN_AT, Entitlement
 from bridge.membership import Policy, desired_member, grants_access, is_disputed
 from bridge.products import Catalog, load_catalog
 from bridge.queues import bridge_queue
-from bridge.settings import Settings, policy
-from bridge.sotion import SotionAPI, SotionError, normalize_email
+from bridge.settings import Settings, SettingsError, policy
+from bridge.sotion import SotionAPI, SotionError, client_from_settings, normalize_email
 from bridge.verdict import grants, verdict
 
+# Sotion is read with a short timeout: the report says it could not be, it does not wait.
+SOTION_TIMEOUT = (2.0, 3.0)
 # What a purchase id's prefix says it is.
 _KINDS = {"sub_": "subscription", "pi_": "payment", "cs_": "checkout", "in_": "invoice"}
 _KINDS |= {"ch_": "charge", "order_": "order", "sale_": "sale"}
@@ -148,6 +150,15 @@ def member_report(
         verdict=verdict(views, wanted, live, events, dry_run=settings.dry_run),
         dry_run=settings.dry_run,
     )
+
+
+def sotion_reader(settings: Settings) -> SotionAPI | None:
+    """The Sotion client a report reads with (a short timeout: the report says Sotion could
+    not be read, it does not wait); None when no key is configured."""
+    try:
+        return client_from_settings(settings, timeout=SOTION_TIMEOUT)
+    except SettingsError:
+        return None
 
 
 def read_member(sotion: SotionAPI | None, email: str) -> SotionView:

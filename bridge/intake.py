@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -33,7 +34,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.utils import as_text, now
 
-from bridge import metrics
+from bridge import activity, metrics
 from bridge.events import MembershipEvent
 from bridge.intake_script import (
     APPLIED_BY_RECONCILE,
@@ -164,6 +165,7 @@ class Intake:
             metrics.METRICS_KEY,
             LAST_EVENT_KEY,
             RECENT_EVENTS_KEY,
+            activity.hour_key(datetime.fromtimestamp(received, UTC)),
         ]
         args: list[Any] = [
             DEDUPE_TTL_SECONDS,
@@ -176,6 +178,7 @@ class Intake:
             counters.provider,
             repr(received),
             int(received),
+            activity.KEEP_SECONDS,
         ]
         for event, job in zip(events, jobs, strict=True):
             index = member_events_key(event.email) if event.email else ""
@@ -221,6 +224,8 @@ class Intake:
         for name, amount in increments:
             if name and amount:
                 metrics.increment(self.connection, name, amount)
+        if counters.provider:
+            activity.record(self.connection, counters.provider, "duplicate", len(events) - queued)
 
     def _transact(self, event: MembershipEvent, job: Job, received: float) -> bool:
         """Store ``job`` unless ``event`` is a duplicate of a live job (True if stored)."""

@@ -2,13 +2,14 @@
 the keys it writes besides RQ's.
 
 KEYS: the queue, ``rq:queues``, the metrics hash, the last-event hash, the recent
-deliveries (``bridge/activity.py``), then per event its
-dedupe key, the key of its new job and its buyer's event index (``""`` when the event
-names no email). ARGV[1..10]: the dedupe TTL, the job key prefix, the dead statuses
+deliveries and this hour's activity (``bridge/activity.py``), then per event its dedupe
+key, the key of its new job and its buyer's event index (``""`` when the event names no
+email). ARGV[1..11]: the dedupe TTL, the job key prefix, the dead statuses
 (comma-separated), four counter fields (``""`` for none: events queued, events duplicate,
 webhook queued, webhook duplicate), the provider of a webhook delivery (``""``: not one,
-nothing recorded as its last event), the time received (Unix seconds, the index's score)
-and the same in whole seconds (the last-event value); from ARGV[11], per event: its job
+nothing recorded as its last event or its activity), the time received (Unix seconds, the
+index's score), the same in whole seconds (the last-event value) and the activity's TTL;
+from ARGV[12], per event: its job
 id, the number of fields of its job hash, then those fields and values. The job key a
 dedupe key names is read without being declared in KEYS: fine on one Redis (RQ's keys
 are not cluster-safe either). Returns one integer per event, 1 queued and 0 duplicate,
@@ -26,7 +27,7 @@ LAST_EVENT_KEY = "bridge:last-event"
 # What a dedupe key holds for an event a reconcile applied (no job: nothing can fail).
 APPLIED_BY_RECONCILE = "applied-by-reconcile"
 # The script's ARGV before the events' own.
-FIXED_ARGS = 10
+FIXED_ARGS = 11
 # The latest deliveries' jobs, for the operator's page: sorted set, score the time received.
 RECENT_EVENTS_KEY = "bridge:recent-events"
 RECENT_EVENTS_MAX = 1000
@@ -39,15 +40,16 @@ def member_events_key(email: str) -> str:
 
 STORE_SCRIPT = """
 local queue, queues, counters, last_event, recent = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local activity, activity_ttl = KEYS[6], ARGV[11]
 local ttl, job_prefix = ARGV[1], ARGV[2]
 local provider, received, received_s = ARGV[8], ARGV[9], ARGV[10]
 local keep = KEEP
 local dead = {}
 for status in string.gmatch(ARGV[3], '[^,]+') do dead[status] = true end
-local events = (#KEYS - 5) / 3
+local events = (#KEYS - 6) / 3
 
 for i = 1, events do
-  local previous = redis.call('GET', KEYS[3 + 3 * i])
+  local previous = redis.call('GET', KEYS[4 + 3 * i])
   if previous then
     local status = redis.call('HGET', job_prefix .. previous, 'status')
     if status and dead[status] then return {-1} end
@@ -57,7 +59,7 @@ end
 local outcomes, queued, last_job = {}, 0, nil
 local at = FIRST
 for i = 1, events do
-  local dedupe, job, index = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
+  local dedupe, job, index = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
   local job_id, last = ARGV[at], at + 1 + 2 * tonumber(ARGV[at + 1])
   if redis.call('EXISTS', dedupe) == 1 then
     outcomes[i] = 0
@@ -90,6 +92,11 @@ count(ARGV[4], queued)
 count(ARGV[5], events - queued)
 if queued > 0 then count(ARGV[6], 1) else count(ARGV[7], 1) end
 if queued > 0 then redis.pcall('ZREMRANGEBYRANK', recent, 0, -RECENT - 1) end
+-- The chart's duplicates (the worker counts where queued ones end).
+if provider ~= '' and events > queued then
+  redis.pcall('HINCRBY', activity, provider .. ':duplicate', events - queued)
+  redis.pcall('EXPIRE', activity, activity_ttl)
+end
 -- A duplicate of what a reconcile applied names no job: it is no last event to follow.
 if provider ~= '' and last_job and last_job ~= 'APPLIED' then
   redis.pcall('HSET', last_event, provider, last_job .. '|' .. received_s)

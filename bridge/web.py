@@ -137,13 +137,10 @@ def _accept(provider: str, events: list[MembershipEvent]) -> ResponseReturnValue
         reasons["test_mode"] = len(usable) - len(wanted)
     # Stored and counted (bridge_webhooks, bridge_events) in one round trip.
     result = bridge.intake.receive(provider, wanted)
-    # The operator page's chart: what was acknowledged without a job (queued ones are
-    # counted by the worker, once their outcome is known). Nothing to write, no round trip.
-    acknowledged = {
-        "duplicate": len(result.duplicates),
-        "ignored": reasons.get("test_mode", 0),
-        "unusable": reasons.get("unusable", 0),
-    }
+    # The operator page's chart: what was acknowledged without a job (duplicates are
+    # counted by the intake's script, queued ones by the worker where they end). Nothing
+    # to write, no round trip.
+    acknowledged = {"ignored": reasons.get("test_mode", 0), "unusable": reasons.get("unusable", 0)}
     for outcome, amount in acknowledged.items():
         activity.record(bridge.redis, provider, outcome, amount)
     answer: dict[str, object] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,9 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from rq import Queue
+from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
+from rq.worker import WorkerStatus
 
 from bridge.app import create_app
 from bridge.embedded import EmbeddedRedis
@@ -20,6 +22,9 @@ from bridge.queues import bridge_queue
 from bridge.sandbox import SandboxConfig, SandboxServer
 from bridge.settings import Settings
 from bridge.sotion import LegacySotionClient, SotionClient
+from tests.standins.gumroad import GumroadStandIn
+from tests.standins.lemonsqueezy import LemonSqueezyStandIn
+from tests.standins.server import StandInServer
 from workers import runtime as worker_runtime
 from workers.worker import PromptPubSub
 
@@ -66,10 +71,25 @@ def queue(redis_conn: redis.Redis) -> Queue:
     return bridge_queue(redis_conn)
 
 
-def drain(queue: Queue) -> None:
-    """Run every queued job in this process (retries with a 0 s interval included)."""
+def drain(queue: Queue, max_jobs: int | None = None) -> None:
+    """Run every queued job (or ``max_jobs``) in this process (retries with a 0 s interval
+    included)."""
     worker = PromptPubSub([queue], connection=queue.connection, serializer=JSONSerializer)
-    worker.work(burst=True)
+    worker.work(burst=True, max_jobs=max_jobs)
+
+
+@contextmanager
+def registered_worker(queue: Queue, name: str) -> Iterator[SimpleWorker]:
+    """An idle RQ worker registered on ``queue``, as a running one is, until the end."""
+    registered = SimpleWorker(
+        [queue], connection=queue.connection, serializer=JSONSerializer, name=name
+    )
+    registered.register_birth()
+    registered.set_state(WorkerStatus.IDLE)
+    try:
+        yield registered
+    finally:
+        registered.register_death()
 
 
 # -- Sotion sandbox ----------------------------------------------------------------------
@@ -154,6 +174,35 @@ def runtime(settings: Settings, redis_conn: redis.Redis) -> Iterator[worker_runt
     built = worker_runtime.configure(settings, redis_conn)
     yield built
     worker_runtime.reset()
+
+
+# -- the providers' APIs (stand-ins on real sockets) -----------------------------------
+
+
+@pytest.fixture
+def lemonsqueezy() -> LemonSqueezyStandIn:
+    """Lemon Squeezy's API, answering the reconcile tests' key."""
+    from tests.reconcile.providers import LEMONSQUEEZY_KEY  # it imports this module
+
+    return LemonSqueezyStandIn(LEMONSQUEEZY_KEY)
+
+
+@pytest.fixture
+def ls_server(lemonsqueezy: LemonSqueezyStandIn) -> Iterator[StandInServer]:
+    with StandInServer(lemonsqueezy.app) as server:
+        yield server
+
+
+@pytest.fixture
+def gumroad() -> GumroadStandIn:
+    """Gumroad's API, answering its stand-in's token."""
+    return GumroadStandIn()
+
+
+@pytest.fixture
+def gumroad_server(gumroad: GumroadStandIn) -> Iterator[StandInServer]:
+    with StandInServer(gumroad.app) as server:
+        yield server
 
 
 @pytest.fixture

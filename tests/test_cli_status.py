@@ -18,8 +18,6 @@ import redis
 from click.testing import CliRunner
 from flask.testing import FlaskClient
 from rq import Queue, SimpleWorker, Worker
-from rq.serializers import JSONSerializer
-from rq.worker import WorkerStatus
 
 from bridge import runner
 from bridge.app import create_app
@@ -29,10 +27,10 @@ from bridge.sandbox import SandboxServer
 from bridge.settings import Settings
 from bridge.sotion import RateLimit
 from tests import commands
-from tests.conftest import SANDBOX_KEY, STRIPE_SECRET
+from tests.conftest import SANDBOX_KEY, STRIPE_SECRET, drain, registered_worker
 from tests.reconcile.providers import Bridge, base_env
 from tests.stripe_events import event
-from tests.test_status import drain, purchase
+from tests.test_status import purchase
 from tests.test_stripe_flow import T0, post, subscription
 from workers import runtime as worker_runtime
 from workers.budget import SharedBudget
@@ -48,13 +46,8 @@ def bridge(redis_url: str, redis_conn: redis.Redis, sotion: SandboxServer) -> Br
 @pytest.fixture
 def worker(queue: Queue) -> Iterator[SimpleWorker]:
     """An idle RQ worker registered on the bridge's queue, as a running one is."""
-    registered = SimpleWorker(
-        [queue], connection=queue.connection, serializer=JSONSerializer, name="worker-1"
-    )
-    registered.register_birth()
-    registered.set_state(WorkerStatus.IDLE)
-    yield registered
-    registered.register_death()
+    with registered_worker(queue, "worker-1") as registered:
+        yield registered
 
 
 def one_line(output: str) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from flask import request
 
@@ -20,22 +18,11 @@ ALL = sorted(RESOURCE_NAMES)
 
 
 @pytest.fixture
-def gumroad() -> GumroadStandIn:
-    return GumroadStandIn()
-
-
-@pytest.fixture
-def server(gumroad: GumroadStandIn) -> Iterator[StandInServer]:
-    with StandInServer(gumroad.app) as served:
-        yield served
-
-
-@pytest.fixture
-def bridge(server: StandInServer) -> Bridge:
+def bridge(gumroad_server: StandInServer) -> Bridge:
     return Bridge(
         {
             "GUMROAD_ACCESS_TOKEN": TOKEN,
-            "GUMROAD_API_BASE": server.url,
+            "GUMROAD_API_BASE": gumroad_server.url,
             "GUMROAD_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
         }
     )
@@ -105,12 +92,14 @@ def test_dry_run_reads_only(gumroad: GumroadStandIn, bridge: Bridge) -> None:
     no_secret(outcome)
 
 
-def test_a_refused_token_is_one_line(gumroad: GumroadStandIn, server: StandInServer) -> None:
+def test_a_refused_token_is_one_line(
+    gumroad: GumroadStandIn, gumroad_server: StandInServer
+) -> None:
     wrong = "gr_wrong_token_0000"
     outcome = Bridge(
         {
             "GUMROAD_ACCESS_TOKEN": wrong,
-            "GUMROAD_API_BASE": server.url,
+            "GUMROAD_API_BASE": gumroad_server.url,
             "GUMROAD_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
         }
     ).run("connect", "gumroad", "--url", BASE)
@@ -122,14 +111,14 @@ def test_a_refused_token_is_one_line(gumroad: GumroadStandIn, server: StandInSer
 
 
 def test_a_token_without_view_sales_is_refused(
-    gumroad: GumroadStandIn, server: StandInServer
+    gumroad: GumroadStandIn, gumroad_server: StandInServer
 ) -> None:
     narrow = "gr_narrow_token_1111"
     gumroad.add_token(narrow, SELLER_ID, scopes=("edit_products",))
     outcome = Bridge(
         {
             "GUMROAD_ACCESS_TOKEN": narrow,
-            "GUMROAD_API_BASE": server.url,
+            "GUMROAD_API_BASE": gumroad_server.url,
             "GUMROAD_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
         }
     ).run("connect", "gumroad", "--url", BASE)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 
@@ -23,24 +22,15 @@ _SECRET_LINE = re.compile(r"^  LEMONSQUEEZY_WEBHOOK_SECRET=(\S+)$", re.MULTILINE
 
 
 @pytest.fixture
-def lemonsqueezy() -> LemonSqueezyStandIn:
-    return LemonSqueezyStandIn(LEMONSQUEEZY_KEY)
-
-
-@pytest.fixture
 def store(lemonsqueezy: LemonSqueezyStandIn) -> int:
     return lemonsqueezy.add_store("Dan's Shop")
 
 
 @pytest.fixture
-def server(lemonsqueezy: LemonSqueezyStandIn) -> Iterator[StandInServer]:
-    with StandInServer(lemonsqueezy.app) as served:
-        yield served
-
-
-@pytest.fixture
-def bridge(server: StandInServer) -> Bridge:
-    return Bridge({"LEMONSQUEEZY_API_KEY": LEMONSQUEEZY_KEY, "LEMONSQUEEZY_API_BASE": server.url})
+def bridge(ls_server: StandInServer) -> Bridge:
+    return Bridge(
+        {"LEMONSQUEEZY_API_KEY": LEMONSQUEEZY_KEY, "LEMONSQUEEZY_API_BASE": ls_server.url}
+    )
 
 
 def writes(lemonsqueezy: LemonSqueezyStandIn) -> list[str]:
@@ -190,10 +180,10 @@ def test_dry_run_reads_only(lemonsqueezy: LemonSqueezyStandIn, store: int, bridg
 
 
 def test_a_refused_key_is_one_line(
-    lemonsqueezy: LemonSqueezyStandIn, server: StandInServer
+    lemonsqueezy: LemonSqueezyStandIn, ls_server: StandInServer
 ) -> None:
     wrong = "lsk_live_wrongKey2vX9pL4sN8rT1"
-    outcome = Bridge({"LEMONSQUEEZY_API_KEY": wrong, "LEMONSQUEEZY_API_BASE": server.url}).run(
+    outcome = Bridge({"LEMONSQUEEZY_API_KEY": wrong, "LEMONSQUEEZY_API_BASE": ls_server.url}).run(
         "connect", "lemonsqueezy", "--url", BASE
     )
     assert (outcome.code, outcome.output.strip()) == (

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import redis
 from rq import Queue
 
+from bridge import activity
 from bridge.events import EntitlementState, MembershipEvent
 from bridge.intake import DEDUPE_TTL_SECONDS, Intake
 from bridge.intake_script import LAST_EVENT_KEY, MEMBER_EVENTS_MAX, member_events_key
@@ -105,3 +107,17 @@ def test_a_redelivery_replacing_a_dead_job_is_listed_and_recorded(
     assert again != dead
     assert _listed(redis_conn, "buyer@example.com")[-1] == again
     assert redis_conn.hget(LAST_EVENT_KEY, "stripe").decode().startswith(again + "|")  # type: ignore[union-attr]
+
+
+def test_a_webhook_duplicate_is_counted_in_this_hours_activity_in_the_same_call(
+    queue: Queue, redis_conn: redis.Redis
+) -> None:
+    intake = Intake(queue, POLICY)
+    intake.receive("stripe", [_event("evt_1")])
+    intake.receive("stripe", [_event("evt_1"), _event("evt_1")])
+    intake.submit([_event("evt_1")])  # a reconcile's, no delivery: not charted
+
+    hour = activity.last_hours(redis_conn, datetime.now(UTC), hours=1)[0]
+    assert hour.counts == {("stripe", "duplicate"): 2}
+    key = activity.hour_key(datetime.now(UTC))
+    assert 0 < redis_conn.ttl(key) <= activity.KEEP_SECONDS

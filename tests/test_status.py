@@ -15,9 +15,7 @@ from flask.testing import FlaskClient
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from rq import Queue, SimpleWorker
-from rq.serializers import JSONSerializer
 from rq.suspension import suspend
-from rq.worker import WorkerStatus
 
 from bridge import admin
 from bridge.app import create_app
@@ -29,6 +27,7 @@ from bridge.settings import Settings
 from bridge.sotion import RateLimit, SotionClient
 from bridge.status import status_report
 from bridge.status_model import UNKNOWN, StatusReport
+from tests.conftest import drain, registered_worker
 from tests.reconcile.scripted import ScriptedSource, observed
 from tests.stripe_events import event
 from tests.test_stripe_flow import (
@@ -59,34 +58,11 @@ def report_of(queue: Queue, settings: Settings, **later: float) -> StatusReport:
     return status_report(queue.connection, settings, datetime.now(UTC) + timedelta(**later))
 
 
-class QuietWorker(SimpleWorker):
-    """conftest's ``drain`` worker without RQ's pub/sub thread, whose stop sometimes stalls
-    for 60 s (rq 3.0 with redis-py 8.2: having read the reply to its unsubscribe, the
-    thread waits up to its 60 s sleep for a subscription before it sees the stop)."""
-
-    def subscribe(self) -> None:
-        """No pub/sub: these workers take no commands."""
-
-    def unsubscribe(self) -> None:
-        """Nothing to stop."""
-
-
-def drain(queue: Queue, max_jobs: int | None = None) -> None:
-    """Run the queued jobs in this process, as conftest's ``drain`` does."""
-    worker = QuietWorker([queue], connection=queue.connection, serializer=JSONSerializer)
-    worker.work(burst=True, max_jobs=max_jobs)
-
-
 @pytest.fixture
 def worker(queue: Queue) -> Iterator[SimpleWorker]:
     """An RQ worker registered on the bridge's queue (as a running one is), idle."""
-    registered = SimpleWorker(
-        [queue], connection=queue.connection, serializer=JSONSerializer, name="status-worker"
-    )
-    registered.register_birth()
-    registered.set_state(WorkerStatus.IDLE)
-    yield registered
-    registered.register_death()
+    with registered_worker(queue, "status-worker") as registered:
+        yield registered
 
 
 def test_empty_redis_reports_no_worker_as_the_only_problem(

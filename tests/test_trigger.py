@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 import redis
 from click.testing import CliRunner, Result
-from rq import Queue, SimpleWorker
-from rq.serializers import JSONSerializer
+from rq import Queue
 from werkzeug.serving import make_server
 
 from bridge import discovery, runner, trigger_wait
@@ -88,21 +87,6 @@ def _trigger(env: dict[str, str], *args: str) -> Result:
     return CliRunner().invoke(main, ["trigger", *args], env=env)
 
 
-class _QuietWorker(SimpleWorker):
-    """``drain``'s worker without the pub/sub channel (commands to workers): started and
-    stopped within milliseconds, redis-py's pub/sub thread can take 60 s to stop."""
-
-    def subscribe(self) -> None:
-        """No control channel."""
-
-    def unsubscribe(self) -> None:
-        """No control channel."""
-
-
-def _drain(queue: Queue) -> None:
-    _QuietWorker([queue], connection=queue.connection, serializer=JSONSerializer).work(burst=True)
-
-
 def _trigger_with_worker(queue: Queue, env: dict[str, str], *args: str) -> Result:
     """``bridge trigger ... --wait`` while a worker drains the queue (this thread)."""
     results: list[Result] = []
@@ -110,7 +94,7 @@ def _trigger_with_worker(queue: Queue, env: dict[str, str], *args: str) -> Resul
     thread.start()
     while thread.is_alive():
         if queue.count:
-            _drain(queue)
+            drain(queue)
         time.sleep(0.02)
     thread.join()
     return results[0]

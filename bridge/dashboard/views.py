@@ -23,7 +23,6 @@ from bridge.dashboard import auth, chart
 from bridge.queues import FAILURE_TTL, enqueue_resync
 from bridge.redact import mask_email
 from bridge.settings import retry_policy
-from bridge.sotion import SotionError, client_from_settings
 
 bp = Blueprint(
     "admin", __name__, url_prefix="/admin", template_folder="templates", static_folder="static"
@@ -204,10 +203,7 @@ def _member_page(email: str) -> ResponseReturnValue:
 
 def _member_report(email: str) -> inspect.MemberReport:
     settings = current_bridge().settings
-    try:
-        sotion = client_from_settings(settings)
-    except SotionError:
-        sotion = None
+    sotion = inspect.sotion_reader(settings)
     try:
         return inspect.member_report(
             current_bridge().redis, sotion, settings, email, now=time.time()

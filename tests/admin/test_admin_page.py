@@ -355,3 +355,15 @@ def test_the_overview_says_what_the_last_reconcile_changed(
     html = operator.get("/admin/").get_data(as_text=True)
     assert "Last run: reconcile" in html
     assert "1 of 1 member(s) changed, 0 failure(s)." in html
+
+
+def test_the_member_page_without_a_sotion_key_says_so_instead_of_failing(
+    settings: Settings, redis_conn: redis.Redis
+) -> None:
+    keyless = create_app(dataclasses.replace(settings, sotion_api_key=None)).test_client()
+    assert log_in(keyless).status_code == 302
+
+    response = member_page(keyless, EMAIL)
+
+    assert response.status_code == 200
+    assert "Sotion not read: SOTION_API_KEY is not set." in response.get_data(as_text=True)

@@ -9,9 +9,7 @@ import pytest
 import redis
 
 from bridge.sandbox import SandboxServer
-from tests.reconcile.providers import LEMONSQUEEZY_KEY, Bridge, Clock, base_env
-from tests.standins.gumroad import GumroadStandIn
-from tests.standins.lemonsqueezy import LemonSqueezyStandIn
+from tests.reconcile.providers import Bridge, Clock, base_env
 from tests.standins.server import StandInServer
 from tests.standins.stripe import StripeStandIn
 
@@ -20,28 +18,6 @@ from tests.standins.stripe import StripeStandIn
 def bridge(redis_url: str, redis_conn: redis.Redis, sotion: SandboxServer) -> Bridge:
     """The `bridge` command line, wired to the test Redis (flushed) and the sandbox."""
     return Bridge(base_env(redis_url, sotion.url))
-
-
-@pytest.fixture
-def lemonsqueezy() -> LemonSqueezyStandIn:
-    return LemonSqueezyStandIn(LEMONSQUEEZY_KEY)
-
-
-@pytest.fixture
-def ls_server(lemonsqueezy: LemonSqueezyStandIn) -> Iterator[StandInServer]:
-    with StandInServer(lemonsqueezy.app) as server:
-        yield server
-
-
-@pytest.fixture
-def gumroad() -> GumroadStandIn:
-    return GumroadStandIn()
-
-
-@pytest.fixture
-def gumroad_server(gumroad: GumroadStandIn) -> Iterator[StandInServer]:
-    with StandInServer(gumroad.app) as server:
-        yield server
 
 
 @pytest.fixture
