@@ -190,14 +190,18 @@ def _terminate(children: list[subprocess.Popen[bytes]], signals: _StopSignals) -
 def sandbox_settings(settings: Settings) -> Settings:
     """``settings`` as the running ``bridge run --sandbox`` of this data dir has them, when
     they name no Sotion key: the other commands (`bridge member`) then read its sandbox."""
-    if settings.sotion_api_key is not None:
+    url = running_sandbox(settings) if settings.sotion_api_key is None else None
+    if url is None:
         return settings
+    return dataclasses.replace(settings, sotion_api_key=SANDBOX_SOTION_KEY, sotion_api_url=url)
+
+
+def running_sandbox(settings: Settings) -> str | None:
+    """The Sotion sandbox's API of the ``bridge run --sandbox`` alive on this data dir."""
     record = read_record(Path(settings.data_dir))
     if record is None or record.sandbox_url is None or not process_alive(record.pid):
-        return settings
-    return dataclasses.replace(
-        settings, sotion_api_key=SANDBOX_SOTION_KEY, sotion_api_url=record.sandbox_url
-    )
+        return None
+    return record.sandbox_url
 
 
 def sandbox_environment(environ: Mapping[str, str], sotion_url: str, key: str) -> dict[str, str]:

@@ -28,6 +28,7 @@ from bridge.runner import (
     SANDBOX_GUMROAD_TOKEN,
     SANDBOX_LEMONSQUEEZY_SECRET,
     SANDBOX_STRIPE_SECRET,
+    running_sandbox,
 )
 from bridge.samples import PROVIDERS, SAMPLES, Sample, default_product
 from bridge.samples import gumroad as gumroad_samples
@@ -124,8 +125,7 @@ def sample(provider: str, event: str) -> Sample:
 
 def sandbox_running(settings: Settings) -> bool:
     """Whether a ``bridge run --sandbox`` is alive on this data dir."""
-    record = read_record(Path(settings.data_dir))
-    return record is not None and record.sandbox_url is not None and process_alive(record.pid)
+    return running_sandbox(settings) is not None
 
 
 def secret(provider: str, settings: Settings, *, sandbox: bool = False) -> str:
